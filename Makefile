@@ -1,0 +1,34 @@
+# make repro: set up and run the pipeline (dvc repro on params.yaml). make test: set up and test.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data repro test check-repro bench
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Fashion-MNIST from the Debian package when apt is usable; else `prepare` falls back to
+# torchvision's download (data.download: true), which needs network.
+data:
+	@if ls $(FMNIST)/train-images-idx3-ubyte* >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "Fashion-MNIST is not in $(FMNIST); prepare will try torchvision's download"; fi
+
+setup: $(VENV)/.installed data
+
+repro: setup
+	dvc repro
+	@$(PY) -c "import json; m = json.load(open('metrics/evaluate.json'))['test_acc']; \
+	print('test accuracy: ' + ', '.join(f'{k} {v:.4f}' for k, v in m.items()))"
+
+test: setup
+	$(PY) -m pytest
+
+check-repro: setup
+	$(PY) scripts/check_repro.py

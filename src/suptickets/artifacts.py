@@ -1,0 +1,89 @@
+"""Files on disk: atomic writes, JSON, safetensors models with their masks.
+
+Every artifact is written to a temporary file in the target folder and renamed into place, so a
+killed stage never leaves a half-written output. Models are read only from safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+
+MASK_PREFIX = "mask."
+MASK_BUFFER = "weight_mask"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    return json.loads(Path(path).read_text())
+
+
+def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
+                 metadata: Mapping[str, str] | None = None) -> None:
+    """Write tensors to a safetensors file atomically (contiguous CPU copies)."""
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata=dict(metadata) if metadata else None)
+
+
+def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return load_file(str(path), device=str(device))
+
+
+def model_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A model state_dict in the file layout: bare weights, masks as `mask.<param>` (uint8).
+
+    Mask buffers `<module>.weight_mask` become `mask.<module>.weight`; weights outside a mask are
+    stored as exact zeros.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith(MASK_BUFFER):
+            param = key[: -len(MASK_BUFFER)] + "weight"
+            out[MASK_PREFIX + param] = value.to(torch.uint8)
+        else:
+            out[key] = value
+    for key in [k for k in out if k.startswith(MASK_PREFIX)]:
+        param = key[len(MASK_PREFIX):]
+        out[param] = out[param] * out[key].to(out[param].dtype)
+    return out
+
+
+def state_from_file(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Split a model file's tensors into (bare state_dict, masks keyed by parameter name)."""
+    state = {k: v for k, v in tensors.items() if not k.startswith(MASK_PREFIX)}
+    masks = {k[len(MASK_PREFIX):]: v.bool() for k, v in tensors.items() if k.startswith(MASK_PREFIX)}
+    return state, masks

@@ -1,0 +1,515 @@
+"""Data sets: raw loaders (IDX and CIFAR pickles), stratified splits, summaries, augmentation.
+
+Everything stays in uint8 on disk and in memory (images as [N, C, H, W], labels as int64);
+`normalize` and `augment` turn batches into training inputs on whatever device they live on.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import pickle
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from suptickets.artifacts import load_tensors, read_json, save_tensors, write_json
+
+DATASETS = ("fashion_mnist", "cifar10", "cifar100")
+SPLITS = ("train", "val", "test")
+
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+DEFAULT_ROOT = "data/raw"
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+FASHION_MNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+
+IDX_UINT8 = 0x08
+IDX_IMAGES_MAGIC = 0x00000803
+IDX_LABELS_MAGIC = 0x00000801
+
+CIFAR_ROW_BYTES = 3 * 32 * 32
+
+
+class DataError(ValueError):
+    """A data file is missing or not what it should be; the message names the file."""
+
+
+@dataclass
+class Raw:
+    """An official train/test pair: x uint8 [N, C, H, W], y int64 [N], class names."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+
+
+# ----------------------------------------------------------------------------------------------
+# IDX (MNIST-style) files
+
+
+def read_idx(path: str | os.PathLike, magic: int | None = None) -> torch.Tensor:
+    """Read an IDX file of unsigned bytes (plain, or gzip when the name ends in `.gz`).
+
+    Layout: big-endian magic (two zero bytes, type code, number of dims), one big-endian uint32
+    per dim, then exactly prod(dims) data bytes. `magic`, if given, must match exactly
+    (IDX_IMAGES_MAGIC or IDX_LABELS_MAGIC).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such IDX file")
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                blob = fh.read()
+        else:
+            blob = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as err:
+        expected = "a valid gzip stream" if path.name.endswith(".gz") else "a readable file"
+        raise DataError(f"{path}: cannot read IDX file ({type(err).__name__}: {err}); "
+                        f"expected {expected}") from None
+    if len(blob) < 4:
+        raise DataError(f"{path}: truncated IDX file ({len(blob)} bytes, expected a 4-byte magic)")
+    (found,) = struct.unpack(">I", blob[:4])
+    zero, type_code, ndim = found >> 16, (found >> 8) & 0xFF, found & 0xFF
+    if zero != 0 or type_code != IDX_UINT8 or ndim == 0:
+        raise DataError(f"{path}: bad IDX magic 0x{found:08x}; expected 0x000008NN "
+                        "(unsigned byte data, NN dims)")
+    if magic is not None and found != magic:
+        raise DataError(f"{path}: bad IDX magic 0x{found:08x}; expected 0x{magic:08x}")
+    header = 4 + 4 * ndim
+    if len(blob) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(blob)} bytes, expected {header} "
+                        f"for {ndim} dims)")
+    dims = struct.unpack(f">{ndim}I", blob[4:header])
+    expected = math.prod(dims)
+    payload = len(blob) - header
+    if payload != expected:
+        kind = "truncated" if payload < expected else "over-long"
+        raise DataError(f"{path}: {kind} IDX payload: {payload} bytes, expected {expected} "
+                        f"for dims {list(dims)}")
+    if expected == 0:
+        return torch.empty(dims, dtype=torch.uint8)
+    return torch.frombuffer(bytearray(memoryview(blob)[header:]), dtype=torch.uint8).reshape(dims)
+
+
+def _idx_file(directory: Path, stem: str) -> Path | None:
+    """The plain or gzipped version of an IDX file in `directory` (plain preferred)."""
+    for name in (stem, stem + ".gz"):
+        candidate = directory / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _fashion_dirs(root: str | None) -> list[Path]:
+    dirs = []
+    if root is not None:
+        dirs += [Path(root), Path(root) / "FashionMNIST" / "raw"]
+    dirs.append(Path(DEBIAN_FASHION_MNIST))
+    return dirs
+
+
+def _find_fashion_files(dirs: Sequence[Path]) -> dict[str, Path] | None:
+    for directory in dirs:
+        found = {key: _idx_file(directory, stem) for key, stem in FASHION_MNIST_FILES.items()}
+        if all(p is not None for p in found.values()):
+            return found  # type: ignore[return-value]
+    return None
+
+
+def _load_fashion_mnist(root: str | None, download: bool) -> Raw:
+    dirs = _fashion_dirs(root)
+    files = _find_fashion_files(dirs)
+    if files is None and download:
+        from torchvision.datasets import FashionMNIST
+
+        target = root if root is not None else DEFAULT_ROOT
+        FashionMNIST(target, train=True, download=True)
+        FashionMNIST(target, train=False, download=True)
+        dirs = [Path(target) / "FashionMNIST" / "raw"]
+        files = _find_fashion_files(dirs)
+    if files is None:
+        places = ", ".join(str(d) for d in dirs)
+        raise DataError(f"Fashion-MNIST IDX files ({', '.join(FASHION_MNIST_FILES.values())}, "
+                        f"plain or .gz) not found; searched: {places}")
+
+    tensors = {}
+    for key, path in files.items():
+        is_images = key.endswith("_x")
+        t = read_idx(path, IDX_IMAGES_MAGIC if is_images else IDX_LABELS_MAGIC)
+        if is_images and tuple(t.shape[1:]) != (28, 28):
+            raise DataError(f"{path}: images are {list(t.shape[1:])}, expected 28x28")
+        if not is_images and t.numel() and int(t.max()) >= len(FASHION_MNIST_CLASSES):
+            raise DataError(f"{path}: label {int(t.max())} out of range, expected "
+                            f"0..{len(FASHION_MNIST_CLASSES) - 1}")
+        tensors[key] = t
+    for part in ("train", "test"):
+        nx, ny = len(tensors[f"{part}_x"]), len(tensors[f"{part}_y"])
+        if nx != ny:
+            raise DataError(f"{files[part + '_y']}: {ny} labels, expected {nx} to match "
+                            f"{files[part + '_x']}")
+    return Raw(
+        train_x=tensors["train_x"].unsqueeze(1).contiguous(),
+        train_y=tensors["train_y"].to(torch.int64),
+        test_x=tensors["test_x"].unsqueeze(1).contiguous(),
+        test_y=tensors["test_y"].to(torch.int64),
+        classes=list(FASHION_MNIST_CLASSES),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR pickles (the data sets' own format, as torchvision leaves them)
+
+_CIFAR = {
+    "cifar10": dict(folder="cifar-10-batches-py",
+                    train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"],
+                    labels=b"labels", meta="batches.meta", names=b"label_names", k=10),
+    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"],
+                     labels=b"fine_labels", meta="meta", names=b"fine_label_names", k=100),
+}
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            obj = pickle.load(fh, encoding="bytes")
+    except Exception as err:  # a broken pickle can raise almost anything
+        raise DataError(f"{path}: cannot unpickle ({type(err).__name__}: {err}); "
+                        "expected a CIFAR python-format pickle") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: unpickled a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def _read_cifar_batch(path: Path, label_key: bytes, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = _unpickle(path)
+    if b"data" not in batch or label_key not in batch:
+        raise DataError(f"{path}: expected keys b'data' and {label_key!r}, "
+                        f"got {sorted(batch)[:6]}")
+    data = np.asarray(batch[b"data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != CIFAR_ROW_BYTES:
+        raise DataError(f"{path}: data is {data.dtype} {list(data.shape)}, expected uint8 "
+                        f"[N, {CIFAR_ROW_BYTES}]")
+    labels = np.asarray(batch[label_key])
+    if labels.ndim != 1 or len(labels) != len(data) or (
+            len(labels) and not np.issubdtype(labels.dtype, np.integer)):
+        raise DataError(f"{path}: {label_key.decode()} is {labels.dtype} {list(labels.shape)}, "
+                        f"expected {len(data)} integer labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= k):
+        raise DataError(f"{path}: labels span {int(labels.min())}..{int(labels.max())}, "
+                        f"expected 0..{k - 1}")
+    x = torch.from_numpy(np.ascontiguousarray(data)).reshape(-1, 3, 32, 32)
+    y = torch.from_numpy(labels.astype(np.int64))
+    return x, y
+
+
+def _load_cifar(name: str, root: str | None, download: bool) -> Raw:
+    spec = _CIFAR[name]
+    base = Path(root if root is not None else DEFAULT_ROOT)
+    folder = base / spec["folder"]
+    needed = [folder / f for f in spec["train"] + spec["test"]]
+    missing = [p for p in needed if not p.is_file()]
+    if missing and download:
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        (CIFAR10 if name == "cifar10" else CIFAR100)(str(base), train=True, download=True)
+        missing = [p for p in needed if not p.is_file()]
+    if missing:
+        raise DataError(f"{missing[0]}: missing {name} batch file (expected torchvision's "
+                        f"python-format layout under {folder}; missing: "
+                        f"{', '.join(p.name for p in missing)})")
+
+    def read(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [_read_cifar_batch(folder / f, spec["labels"], spec["k"]) for f in files]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    train_x, train_y = read(spec["train"])
+    test_x, test_y = read(spec["test"])
+    classes = [str(i) for i in range(spec["k"])]
+    meta = folder / spec["meta"]
+    if meta.is_file():
+        info = _unpickle(meta)
+        names = info.get(spec["names"])
+        if names is None or len(names) != spec["k"]:
+            raise DataError(f"{meta}: expected {spec['names']!r} with {spec['k']} class names")
+        classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    return Raw(train_x, train_y, test_x, test_y, classes)
+
+
+def load_raw(name: str, root: str | None = None, download: bool = False) -> Raw:
+    """Load the official train/test split of `name` (one of DATASETS)."""
+    if name not in DATASETS:
+        raise DataError(f"data.name={name!r}: unknown data set, expected one of "
+                        f"{', '.join(DATASETS)}")
+    if name == "fashion_mnist":
+        return _load_fashion_mnist(root, download)
+    return _load_cifar(name, root, download)
+
+
+# ----------------------------------------------------------------------------------------------
+# Splits
+
+
+def _check_labels(labels: torch.Tensor) -> torch.Tensor:
+    if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be a 1-D integer tensor, got {labels.dtype} "
+                         f"{list(labels.shape)}")
+    return labels.detach().to("cpu", torch.int64)
+
+
+def stratified_split(labels: torch.Tensor, fraction: float,
+                     seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keep_idx, held_idx): hold out round(n_c * fraction) random samples of every class c.
+
+    Classes are visited in ascending order, each drawing one permutation from a generator
+    seeded with `seed`; both index tensors come back sorted ascending.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    labels = _check_labels(labels)
+    gen = torch.Generator().manual_seed(int(seed))
+    keep, held = [], []
+    for c in torch.unique(labels, sorted=True).tolist():
+        idx = torch.nonzero(labels == c).squeeze(1)
+        perm = idx[torch.randperm(len(idx), generator=gen)]
+        n_held = int(round(len(idx) * fraction))
+        held.append(perm[:n_held])
+        keep.append(perm[n_held:])
+    empty = torch.empty(0, dtype=torch.int64)
+    keep_idx = torch.sort(torch.cat(keep)).values if keep else empty
+    held_idx = torch.sort(torch.cat(held)).values if held else empty
+    return keep_idx, held_idx
+
+
+def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a class-balanced random subset of size n (all indices if n >= len).
+
+    Every class gets n // K samples (the remainder goes one each to the smallest classes,
+    then the lowest labels); a class with too few samples gives all it has and its shortfall is
+    shared among the others.
+    """
+    labels = _check_labels(labels)
+    if n < 0:
+        raise ValueError(f"subset size must be >= 0, got {n}")
+    if n >= len(labels):
+        return torch.arange(len(labels))
+    classes, counts = torch.unique(labels, sorted=True, return_counts=True)
+    classes, counts = classes.tolist(), counts.tolist()
+    # water-filling: smallest classes first, each takes its share of what is left
+    order = sorted(range(len(classes)), key=lambda i: (counts[i], classes[i]))
+    quota = [0] * len(classes)
+    remaining = n
+    for j, i in enumerate(order):
+        share = -(-remaining // (len(order) - j))  # ceil
+        quota[i] = min(counts[i], share)
+        remaining -= quota[i]
+    gen = torch.Generator().manual_seed(int(seed))
+    picked = []
+    for c, q in zip(classes, quota):
+        idx = torch.nonzero(labels == c).squeeze(1)
+        picked.append(idx[torch.randperm(len(idx), generator=gen)[:q]])
+    return torch.sort(torch.cat(picked)).values
+
+
+def prepare_splits(raw: Raw, val_fraction: float, seed: int, limit_train: int | None = None,
+                   limit_test: int | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{"train", "val", "test"} -> (x, y): optional class-balanced subsets of the official
+    splits first, then a stratified validation split carved from the (subset) train split."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    train_x, train_y, test_x, test_y = raw.train_x, raw.train_y, raw.test_x, raw.test_y
+    if limit_train is not None and limit_train < len(train_y):
+        idx = stratified_subset(train_y, limit_train, seed)
+        train_x, train_y = train_x[idx], train_y[idx]
+    if limit_test is not None and limit_test < len(test_y):
+        idx = stratified_subset(test_y, limit_test, seed)
+        test_x, test_y = test_x[idx], test_y[idx]
+    keep, held = stratified_split(train_y, val_fraction, seed)
+    return {
+        "train": (train_x[keep].contiguous(), train_y[keep].contiguous()),
+        "val": (train_x[held].contiguous(), train_y[held].contiguous()),
+        "test": (test_x.contiguous(), test_y.contiguous()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Summaries
+
+
+def _channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and population std of x/255 (exact, via 256-bin histograms)."""
+    if x.shape[0] == 0:
+        nan = [float("nan")] * x.shape[1]
+        return nan, list(nan)
+    values = torch.arange(256, dtype=torch.float64, device=x.device) / 255.0
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        hist = torch.bincount(x[:, c].reshape(-1).to(torch.uint8), minlength=256)
+        hist = hist.to(torch.float64)
+        total = hist.sum()
+        mean = (hist * values).sum() / total
+        var = (hist * (values - mean) ** 2).sum() / total
+        means.append(float(mean))
+        stds.append(float(var.sqrt()))
+    return means, stds
+
+
+def summarize(splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+              classes: Sequence[str]) -> dict:
+    """JSON-ready description of prepared splits (normalisation stats come from "train")."""
+    train_x = splits["train"][0]
+    out_splits = {}
+    for name, (x, y) in splits.items():
+        mean, std = _channel_stats(x)
+        counts = torch.bincount(y.to("cpu", torch.int64), minlength=len(classes)).tolist() \
+            if len(y) else [0] * len(classes)
+        out_splits[name] = {"size": int(len(y)), "class_counts": counts, "mean": mean, "std": std}
+    return {
+        "num_classes": len(classes),
+        "classes": list(classes),
+        "shape": [int(s) for s in train_x.shape[1:]],
+        "mean": out_splits["train"]["mean"],
+        "std": out_splits["train"]["std"],
+        "splits": out_splits,
+    }
+
+
+def summary_tables(summary: Mapping) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(splits table, class table) of a summary, for validation and reporting.
+
+    splits: one row per split — split, size, channels, height, width, mean, std (channel
+    averages). classes: one row per (split, label) in each split's class_counts — split, label,
+    count (zero counts included).
+    """
+    channels, height, width = (list(summary["shape"]) + [None, None, None])[:3]
+    split_rows, class_rows = [], []
+    for name, info in summary["splits"].items():
+        mean, std = list(info["mean"]), list(info["std"])
+        split_rows.append({
+            "split": name, "size": info["size"],
+            "channels": channels, "height": height, "width": width,
+            "mean": float(np.mean(mean)) if mean else float("nan"),
+            "std": float(np.mean(std)) if std else float("nan"),
+        })
+        for label, count in enumerate(info["class_counts"]):
+            class_rows.append({"split": name, "label": label, "count": count})
+    splits_df = pd.DataFrame(split_rows, columns=["split", "size", "channels", "height", "width",
+                                                  "mean", "std"])
+    classes_df = pd.DataFrame(class_rows, columns=["split", "label", "count"])
+    return splits_df, classes_df
+
+
+# ----------------------------------------------------------------------------------------------
+# Prepared files
+
+
+def save_prepared(out_dir: str | os.PathLike,
+                  splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+                  summary: Mapping) -> None:
+    """Write <out_dir>/{train,val,test}.safetensors ("x" uint8, "y" int64), then summary.json."""
+    out = Path(out_dir)
+    missing = [s for s in SPLITS if s not in splits]
+    if missing:
+        raise ValueError(f"save_prepared: splits {missing} missing, expected {list(SPLITS)}")
+    for name in SPLITS:
+        x, y = splits[name]
+        save_tensors(out / f"{name}.safetensors",
+                     {"x": x.to(torch.uint8), "y": y.to(torch.int64)}, metadata={"split": name})
+    write_json(out / "summary.json", dict(summary))
+
+
+def load_prepared(out_dir: str | os.PathLike
+                  ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict]:
+    """(splits, summary) as written by save_prepared."""
+    out = Path(out_dir)
+    splits = {}
+    for name in SPLITS:
+        path = out / f"{name}.safetensors"
+        if not path.is_file():
+            raise DataError(f"{path}: missing prepared split, expected a safetensors file with "
+                            "'x' (uint8) and 'y' (int64)")
+        try:
+            tensors = load_tensors(path)
+        except Exception as err:
+            raise DataError(f"{path}: cannot read safetensors ({type(err).__name__}: {err})") \
+                from None
+        if set(tensors) != {"x", "y"}:
+            raise DataError(f"{path}: holds tensors {sorted(tensors)}, expected ['x', 'y']")
+        splits[name] = (tensors["x"], tensors["y"])
+    path = out / "summary.json"
+    if not path.is_file():
+        raise DataError(f"{path}: missing prepared summary, expected the JSON from save_prepared")
+    try:
+        summary = read_json(path)
+    except ValueError as err:
+        raise DataError(f"{path}: invalid JSON ({err})") from None
+    return splits, summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches
+
+
+def normalize(x_uint8: torch.Tensor, mean: Sequence[float] | torch.Tensor,
+              std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """(x/255 - mean[c]) / std[c] as float32 on x's device; x is [..., C, H, W]."""
+    if x_uint8.dim() < 3:
+        raise ValueError(f"normalize expects [..., C, H, W], got {list(x_uint8.shape)}")
+    c = x_uint8.shape[-3]
+    m = torch.as_tensor(mean, dtype=torch.float32).to(x_uint8.device).reshape(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).to(x_uint8.device).reshape(-1, 1, 1)
+    if m.shape[0] != c or s.shape[0] != c:
+        raise ValueError(f"normalize: {c} channels but {m.shape[0]} means and {s.shape[0]} stds")
+    return (x_uint8.to(torch.float32) / 255.0 - m) / s
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, padding: int, flip: bool) -> torch.Tensor:
+    """Random crop (zero padding `padding`, 0 = none) and random horizontal flip of a batch.
+
+    x is [N, C, H, W] of any dtype on any device; the random numbers come from the CPU
+    `generator` (crop offsets first, then flips), so results depend only on its state.
+    With padding 0 and flip False, x itself is returned.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"augment expects [N, C, H, W], got {list(x.shape)}")
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    if padding == 0 and not flip:
+        return x
+    n, c, h, w = x.shape
+    dev = x.device
+    rows = torch.arange(h).expand(n, h)
+    cols = torch.arange(w).expand(n, w)
+    source = x
+    if padding > 0:
+        oy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator)
+        ox = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator)
+        rows = rows + oy
+        cols = cols + ox
+        source = x.new_zeros((n, c, h + 2 * padding, w + 2 * padding))
+        source[:, :, padding:padding + h, padding:padding + w] = x
+    if flip:
+        flipped = torch.rand((n, 1), generator=generator) < 0.5
+        cols = torch.where(flipped, cols.flip(1), cols)
+    rows, cols = rows.to(dev), cols.to(dev)
+    n_idx = torch.arange(n, device=dev).view(n, 1, 1, 1)
+    c_idx = torch.arange(c, device=dev).view(1, c, 1, 1)
+    return source[n_idx, c_idx, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]

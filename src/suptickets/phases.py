@@ -1,0 +1,108 @@
+"""The training phases of the pipeline, each one call of the shared loop with its own lr and
+topology rules: dense, a DST phase (sparse_baseline, warmup), and the cycles that make the tickets."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .models import forward_flops
+from .schedules import multistep_lr, triangular_lr
+from .sparsity.engine import DST, GROW_RULE, Masked, init_masks, masks_of
+from .train import Batches, train_epochs
+
+
+def step_lr(cfg: dict, epochs: int) -> Callable[[int, int], float]:
+    t = cfg["train"]
+    return lambda epoch, i: multistep_lr(epoch, epochs, t["lr"], t["milestones"], t["gamma"])
+
+
+def dense(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, epochs: int,
+          on_epoch: Callable[[dict], None]) -> int:
+    return train_epochs(model, optimizer, data["train"], data["val"], epochs=range(epochs), step=0,
+                        lr_at=step_lr(cfg, epochs), on_epoch=on_epoch, stage="dense")
+
+
+class FlopsMeter:
+    """Training FLOPs relative to dense, with RigL's per-step cost (3·f_S·ΔT + 2·f_S + f_D)/(ΔT + 1)
+    for gradient-based regrowth and 3·f_S for SET; f_S is measured from the masks each epoch."""
+
+    def __init__(self, model: nn.Module, input_shape, method: str | None, update_frequency: int | None):
+        self.model, self.shape = model, tuple(input_shape)
+        self.dense = forward_flops(model, self.shape)
+        self.method, self.dt = method, update_frequency
+        self.cost = self.dense_cost = 0.0
+
+    def add(self, steps: int, topology_updates: bool = True) -> None:
+        fs = forward_flops(self.model, self.shape, masks_of(self.model))
+        fd, dt = self.dense, self.dt
+        per_step = 3 * fs
+        if topology_updates and self.method in ("rigl", "granet"):
+            per_step = (3 * fs * dt + 2 * fs + fd) / (dt + 1)
+        self.cost += steps * per_step
+        self.dense_cost += steps * 3 * fd
+
+    @property
+    def ratio(self) -> float:
+        return self.cost / self.dense_cost if self.dense_cost else 1.0
+
+
+def sparse_phase(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, epochs: int,
+                 on_epoch: Callable[[dict], None], stage: str, flops: FlopsMeter) -> int:
+    """A DST method for `epochs` epochs from a fresh random mask, with the multi-step lr."""
+    d = cfg["dst"]
+    spe = len(data["train"])
+    rule = DST.from_config(d, steps_per_epoch=spe, epochs=epochs, seed=cfg["seed"])
+    init_masks(model, rule.initial_density, d["distribution"], d["keep_first_dense"],
+               torch.Generator().manual_seed(cfg["seed"]))
+    masked = Masked(model, optimizer)
+
+    def epoch_done(row):
+        flops.add(spe)
+        on_epoch(row)
+
+    step = train_epochs(model, optimizer, data["train"], data["val"], epochs=range(epochs), step=0,
+                        lr_at=step_lr(cfg, epochs), masked=masked,
+                        on_grad=lambda step, epoch, i: rule.on_grad(masked, step),
+                        on_epoch=epoch_done, stage=stage)
+    rule.finish(masked)
+    return step
+
+
+def cycles(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, first_epoch: int,
+           n_tickets: int, step: int, on_epoch: Callable[[dict], None],
+           on_ticket: Callable[[int], None], flops: FlopsMeter) -> int:
+    """Sup-tickets' cyclic phase: per cycle a re-explore on the first step's fresh gradient, a
+    triangular lr set every iteration, no periodic topology updates, a ticket at the cycle's end."""
+    t, d = cfg["tickets"], cfg["dst"]
+    spe = len(data["train"])
+    length = t["cycle_epochs"]
+    cycle_steps = length * spe
+    masked = Masked(model, optimizer)
+
+    def index(epoch: int, i: int) -> tuple[int, int]:
+        k, e = divmod(epoch - first_epoch, length)
+        return k, e * spe + i
+
+    def lr_at(epoch: int, i: int) -> float:
+        return triangular_lr(index(epoch, i)[1], cycle_steps, t["lr_min"], t["lr_max"])
+
+    def on_grad(global_step: int, epoch: int, i: int) -> None:
+        k, j = index(epoch, i)
+        if j == 0 and t["re_explore_rate"] > 0:
+            g = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + global_step)
+            masked.prune_and_regrow(t["re_explore_rate"], GROW_RULE[d["method"]], g)
+
+    def epoch_done(row):
+        flops.add(spe, topology_updates=False)
+        on_epoch(row)
+        k, e = divmod(row["epoch"] - first_epoch, length)
+        if e == 0:
+            on_ticket(k)
+
+    last = first_epoch + n_tickets * length
+    return train_epochs(model, optimizer, data["train"], data["val"], epochs=range(first_epoch, last),
+                        step=step, lr_at=lr_at, masked=masked, on_grad=on_grad, on_epoch=epoch_done,
+                        stage="tickets")

@@ -1,0 +1,96 @@
+"""What every training stage sets up the same way: determinism, data on the device, the model, the
+optimizer, and model files (safetensors only, masks included)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .artifacts import load_tensors, model_tensors, save_tensors, state_from_file
+from .data import load_prepared
+from .models import build_model
+from .sparsity.engine import attach_masks
+from .train import Batches, resolve_device
+
+
+def setup(threads: int, device_name: str) -> torch.device:
+    """Fixed thread count and deterministic kernels, so a CPU run is bit-identical for a seed."""
+    device = resolve_device(device_name)
+    torch.set_num_threads(threads)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    return device
+
+
+def load_batches(prepared: str | os.PathLike, cfg: dict, device: torch.device) -> tuple[dict[str, Batches], dict]:
+    """train (shuffled, augmented, last partial batch dropped), val and test batches on `device`."""
+    splits, summary = load_prepared(prepared)
+    mean, std = summary["mean"], summary["std"]
+    train_cfg, aug = cfg["train"], cfg["data"]["augment"]
+    out = {}
+    for name, (x, y) in splits.items():
+        is_train = name == "train"
+        out[name] = Batches(x.to(device), y.to(device), mean, std,
+                            batch_size=train_cfg["batch_size"] if is_train else train_cfg["eval_batch_size"],
+                            shuffle=is_train, drop_last=is_train, seed=cfg["seed"],
+                            padding=aug["padding"] if is_train else 0, flip=aug["flip"] and is_train)
+    return out, summary
+
+
+def new_model(cfg: dict, summary: dict, device: torch.device) -> nn.Module:
+    """The configured architecture, initialised from `seed` (the same on every rank)."""
+    options = {k: v for k, v in cfg["model"].items() if k != "name"}
+    torch.manual_seed(cfg["seed"])
+    model = build_model(cfg["model"]["name"], tuple(summary["shape"]), summary["num_classes"], **options)
+    return model.to(device)
+
+
+def optimizer_for(model: nn.Module, train_cfg: dict) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=train_cfg["lr"], momentum=train_cfg["momentum"],
+                           weight_decay=train_cfg["weight_decay"])
+
+
+def save_model(path: str | os.PathLike, model: nn.Module) -> None:
+    """Bare weights plus `mask.<param>`; refuses to write non-finite weights."""
+    tensors = model_tensors(model.state_dict())
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise RuntimeError(f"{path}: refusing to write a model with non-finite values in {', '.join(bad[:3])}")
+    save_tensors(path, tensors)
+
+
+def load_model(path: str | os.PathLike, model: nn.Module) -> nn.Module:
+    """Load a model file (weights + masks) into a freshly built model of the same architecture."""
+    device = next(model.parameters()).device
+    state, masks = state_from_file(load_tensors(path, device))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: does not fit model {type(model).__name__}: {str(err).splitlines()[0]}") from None
+    if masks:
+        attach_masks(model, masks)
+    return model
+
+
+def save_optimizer(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Momentum buffers by parameter name, and the global step, for exact continuation."""
+    tensors = {f"momentum.{name}": optimizer.state[p]["momentum_buffer"]
+               for name, p in model.named_parameters() if "momentum_buffer" in optimizer.state.get(p, {})}
+    save_tensors(path, tensors, metadata={"step": str(step)})
+
+
+def load_optimizer(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    from safetensors import safe_open
+
+    device = next(model.parameters()).device
+    tensors = load_tensors(path, device)
+    for name, p in model.named_parameters():
+        buf = tensors.get(f"momentum.{name}")
+        if buf is not None:
+            optimizer.state[p]["momentum_buffer"] = buf.clone()
+    with safe_open(str(Path(path)), framework="pt") as f:
+        return int(f.metadata()["step"])

@@ -1,0 +1,61 @@
+"""Epoch budget split and learning-rate schedules (multi-step for phases, triangular for cycles)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+# Products like 0.29 * 100 come out as 28.999999999999996 in floating point; this slack makes
+# floor() land on the integer a person would compute by hand.
+_FLOOR_EPS = 1e-9
+
+
+def epoch_split(epochs: int, cycle_rate: float, cycle_epochs: int) -> tuple[int, int, int]:
+    """(warmup_epochs, cyclic_epochs, n_tickets) for E epochs, cycle rate c, cycle length L."""
+    if epochs <= 0:
+        raise ValueError(f"train.epochs must be positive, got {epochs}")
+    if cycle_epochs <= 0:
+        raise ValueError(f"tickets.cycle_epochs must be positive, got {cycle_epochs}")
+    if cycle_rate < 0:
+        raise ValueError(f"tickets.cycle_rate must be non-negative, got {cycle_rate}")
+    n_tickets = math.floor(epochs * cycle_rate / cycle_epochs + _FLOOR_EPS)
+    cyclic = n_tickets * cycle_epochs
+    warmup = epochs - cyclic
+    settings = (
+        f"tickets.cycle_rate={cycle_rate}, tickets.cycle_epochs={cycle_epochs}, "
+        f"train.epochs={epochs}"
+    )
+    if n_tickets == 0:
+        raise ValueError(
+            f"no tickets: floor(train.epochs * tickets.cycle_rate / tickets.cycle_epochs) is 0 "
+            f"with {settings}; raise tickets.cycle_rate or train.epochs, or lower "
+            f"tickets.cycle_epochs"
+        )
+    if warmup <= 0:
+        raise ValueError(
+            f"no warmup: the {cyclic} cyclic epochs leave {warmup} of train.epochs for warmup "
+            f"with {settings}; lower tickets.cycle_rate or tickets.cycle_epochs"
+        )
+    return warmup, cyclic, n_tickets
+
+
+def multistep_lr(
+    epoch: int,
+    epochs: int,
+    base_lr: float,
+    milestones: Sequence[float] = (0.5, 0.75),
+    gamma: float = 0.1,
+) -> float:
+    """base_lr * gamma^(#milestones m with epoch >= floor(m * epochs)); epoch is 0-based."""
+    passed = sum(1 for m in milestones if epoch >= math.floor(m * epochs + _FLOOR_EPS))
+    return base_lr * gamma**passed
+
+
+def triangular_lr(i: int, cycle_steps: int, lr_min: float, lr_max: float) -> float:
+    """Triangular lr at iteration i of a cycle: lr_min at both ends, lr_max at mid-cycle."""
+    if cycle_steps <= 0:
+        raise ValueError(f"cycle_steps must be positive, got {cycle_steps}")
+    if not 0 <= i < cycle_steps:
+        raise ValueError(f"iteration {i} outside the cycle [0, {cycle_steps})")
+    t = 0.0 if cycle_steps == 1 else i / (cycle_steps - 1)
+    return lr_min + (lr_max - lr_min) * (1.0 - abs(2.0 * t - 1.0))

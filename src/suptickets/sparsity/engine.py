@@ -1,0 +1,183 @@
+"""Masks on a model, and the DST method that evolves them during training.
+
+Masks live with the model as float buffers `<module>.weight_mask` (0/1, the weight's dtype), so
+they follow `.to(device)`, `state_dict()` and DDP's buffer broadcast. The hot path is two
+`torch._foreach_mul_` calls per step (gradients before the optimizer step, weights after); the
+topology decisions are the pure functions of `masks.py` and `dst.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..artifacts import MASK_BUFFER
+from .dst import cubic_density, global_magnitude_prune, prune_and_regrow, prune_rate_at
+from .masks import layer_counts, random_mask
+
+GROW_RULE = {"set": "random", "rigl": "gradient", "granet": "gradient"}
+
+
+def maskable(model: nn.Module, keep_first_dense: bool = False) -> list[tuple[str, nn.Module]]:
+    """(parameter name, module) of every Conv2d / Linear weight, in model order."""
+    found = [(f"{name}.weight" if name else "weight", m) for name, m in model.named_modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return found[1:] if keep_first_dense else found
+
+
+def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Register (or overwrite) each mask as a buffer beside its weight and zero the weight outside it."""
+    modules = dict(model.named_modules())
+    for pname, mask in masks.items():
+        module = modules[pname.rsplit(".", 1)[0] if "." in pname else ""]
+        if mask.shape != module.weight.shape:
+            raise ValueError(f"mask for {pname}: shape {tuple(mask.shape)} != weight {tuple(module.weight.shape)}")
+        buf = mask.to(device=module.weight.device, dtype=module.weight.dtype)
+        if hasattr(module, MASK_BUFFER):
+            getattr(module, MASK_BUFFER).copy_(buf)
+        else:
+            module.register_buffer(MASK_BUFFER, buf)
+        with torch.no_grad():
+            module.weight.mul_(getattr(module, MASK_BUFFER))
+
+
+def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameter name → mask buffer (live tensors, in model order)."""
+    return {(f"{name}.weight" if name else "weight"): getattr(m, MASK_BUFFER)
+            for name, m in model.named_modules() if hasattr(m, MASK_BUFFER)}
+
+
+def init_masks(model: nn.Module, density: float, distribution: str, keep_first_dense: bool,
+               generator: torch.Generator) -> None:
+    """Random masks with exactly round(d_l·n_l) weights per layer (ERK or uniform d_l)."""
+    layers = maskable(model, keep_first_dense)
+    counts = layer_counts([tuple(m.weight.shape) for _, m in layers], density, distribution)
+    attach_masks(model, {name: random_mask(m.weight.shape, k, generator, device=m.weight.device)
+                         for (name, m), k in zip(layers, counts)})
+
+
+def density_report(model: nn.Module) -> tuple[float, dict[str, float]]:
+    """Overall density of the masked tensors and each layer's, counted from the masks."""
+    masks = masks_of(model)
+    if not masks:
+        return 1.0, {}
+    active = sum(int(m.count_nonzero()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    return active / total, {k: int(m.count_nonzero()) / m.numel() for k, m in masks.items()}
+
+
+class Masked:
+    """Keeps masked weights, their gradients and momentum at exactly zero (the per-step work)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+        modules = dict(model.named_modules())
+        self.names = list(masks_of(model))
+        self.masks = list(masks_of(model).values())
+        self.weights = [modules[n.rsplit(".", 1)[0] if "." in n else ""].weight for n in self.names]
+
+    def mask_grads(self) -> None:
+        grads = [w.grad for w in self.weights]
+        if all(g is not None for g in grads):
+            torch._foreach_mul_(grads, self.masks)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        torch._foreach_mul_(self.weights, self.masks)
+
+    @torch.no_grad()
+    def set_masks(self, new: Sequence[torch.Tensor], grown: Sequence[torch.Tensor] | None = None) -> None:
+        """Install new masks; grown positions start at zero weight and zero momentum."""
+        for i, (w, m) in enumerate(zip(self.weights, self.masks)):
+            m.copy_(new[i])
+            keep = m if grown is None else m * (~grown[i]).to(m.dtype)
+            w.mul_(keep)
+            buf = self.optimizer.state.get(w, {}).get("momentum_buffer")
+            if buf is not None:
+                buf.mul_(keep)
+
+    def prune_and_regrow(self, rate: float, rule: str, generator: torch.Generator) -> None:
+        """Per layer, move round(rate·active) weights: magnitude prune, regrow by `rule`."""
+        new, grown = [], []
+        for w, m in zip(self.weights, self.masks):
+            mask = m.bool()
+            n = round(rate * int(mask.sum()))
+            nm, g = prune_and_regrow(w.detach(), mask, n, rule,
+                                     grad=None if w.grad is None else w.grad.detach(), generator=generator)
+            new.append(nm)
+            grown.append(g)
+        self.set_masks(new, grown)
+
+    def global_prune(self, keep: int) -> None:
+        new = global_magnitude_prune([w.detach() for w in self.weights], [m.bool() for m in self.masks], keep)
+        self.set_masks(new)
+
+    def active(self) -> int:
+        return int(sum(m.sum() for m in self.masks).item())
+
+    def total(self) -> int:
+        return sum(m.numel() for m in self.masks)
+
+
+@dataclass
+class DST:
+    """When and how a DST method changes the topology during one training phase.
+
+    `on_grad(step)` is called after backward and before the gradients are masked, so RigL and
+    GraNet regrow from the dense gradient of the current minibatch with no extra pass.
+    """
+
+    method: str
+    update_frequency: int
+    prune_rate: float
+    prune_rate_decay: str
+    total_steps: int
+    stop_step: int
+    seed: int
+    target_density: float
+    init_density: float | None = None
+    prune_start_step: int = 0
+    prune_end_step: int = 0
+
+    @classmethod
+    def from_config(cls, dst: dict, *, steps_per_epoch: int, epochs: int, seed: int) -> "DST":
+        total = steps_per_epoch * epochs
+        granet = dst["method"] == "granet"
+        return cls(method=dst["method"], update_frequency=dst["update_frequency"],
+                   prune_rate=dst["prune_rate"], prune_rate_decay=dst["prune_rate_decay"],
+                   total_steps=total, stop_step=int(dst["stop_fraction"] * total), seed=seed,
+                   target_density=dst["density"],
+                   init_density=dst["init_density"] if granet else None,
+                   prune_start_step=dst.get("init_prune_epoch", 0) * steps_per_epoch if granet else 0,
+                   prune_end_step=dst.get("final_prune_epoch", 0) * steps_per_epoch if granet else 0)
+
+    @property
+    def initial_density(self) -> float:
+        return self.init_density if self.method == "granet" else self.target_density
+
+    def due(self, step: int) -> bool:
+        """Topology updates every `update_frequency` steps (not at step 0), until `stop_step`."""
+        return step > 0 and step % self.update_frequency == 0 and step < self.stop_step
+
+    def on_grad(self, masked: Masked, step: int) -> None:
+        if not self.due(step):
+            return
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        if self.method == "granet" and step >= self.prune_start_step:
+            d = cubic_density(step, self.prune_start_step, self.prune_end_step,
+                              self.init_density, self.target_density)
+            keep = round(d * masked.total())
+            if masked.active() > keep:
+                masked.global_prune(keep)
+        rate = prune_rate_at(step, self.total_steps, self.prune_rate, self.prune_rate_decay)
+        masked.prune_and_regrow(rate, GROW_RULE[self.method], generator)
+
+    def finish(self, masked: Masked) -> None:
+        """GraNet: make sure the phase ends at the budget even if no update fell after the schedule's end."""
+        if self.method == "granet":
+            keep = round(self.target_density * masked.total())
+            if masked.active() > keep:
+                masked.global_prune(keep)

@@ -1,0 +1,122 @@
+"""Superposition of tickets: weight averaging (CAA / CIMA) and re-pruning to the budget.
+
+Pure functions over state dicts (`dict[str, Tensor]`); inputs are never modified. Floating-point
+tensors are averaged with the explicit formula (1 - w) * prev + w * new in their own dtype;
+integer tensors (e.g. BatchNorm's num_batches_tracked) are taken from the newer state.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from suptickets.sparsity.masks import global_topk_masks, topk_mask
+
+METHODS = ("caa", "cima")
+SCOPES = ("global", "layerwise")
+REPRUNE_MODES = ("each", "final")
+
+State = dict[str, Tensor]
+
+
+def average(prev: State, new: State, weight_new: float) -> State:
+    """(1 - w) * prev + w * new for floating tensors; non-floating tensors are taken from `new`."""
+    if prev.keys() != new.keys():
+        only_prev = sorted(set(prev) - set(new))
+        only_new = sorted(set(new) - set(prev))
+        raise ValueError(
+            f"state keys differ: only in prev {only_prev}, only in new {only_new}"
+        )
+    w = float(weight_new)
+    out: State = {}
+    for key, b in new.items():
+        a = prev[key]
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise ValueError(
+                f"{key}: prev is {a.dtype} {tuple(a.shape)}, new is {b.dtype} {tuple(b.shape)}"
+            )
+        if b.is_floating_point():
+            out[key] = a.detach() * (1.0 - w) + b.detach() * w
+        else:
+            out[key] = b.detach().clone()
+    return out
+
+
+def step_weight(method: str, k: int, cima_factor: float) -> float:
+    """Weight of ticket T_k (k >= 1) when it is added: CAA 1/(k+1), CIMA `cima_factor`."""
+    if k < 1:
+        raise ValueError(f"ticket index k must be >= 1, got {k}")
+    if method == "caa":
+        return 1.0 / (k + 1)
+    if method == "cima":
+        if not 0.0 <= cima_factor <= 1.0:
+            raise ValueError(f"superpose.cima_factor must be in [0, 1], got {cima_factor}")
+        return float(cima_factor)
+    raise ValueError(f"superpose.method must be one of {list(METHODS)}, got {method!r}")
+
+
+def _check_scope(scope: str) -> None:
+    """Raise ValueError for an unknown re-prune scope."""
+    if scope not in SCOPES:
+        raise ValueError(f"superpose.scope must be one of {list(SCOPES)}, got {scope!r}")
+
+
+def reprune(
+    state: State, masked_keys: Sequence[str], counts: Sequence[int], scope: str
+) -> tuple[State, dict[str, Tensor]]:
+    """Keep the largest-|w| entries of the masked tensors (global or per-layer budget)."""
+    _check_scope(scope)
+    masked_keys, counts = list(masked_keys), [int(c) for c in counts]
+    if len(masked_keys) != len(counts):
+        raise ValueError(f"{len(masked_keys)} masked keys but {len(counts)} counts")
+    missing = [key for key in masked_keys if key not in state]
+    if missing:
+        raise ValueError(f"masked keys not in the state: {missing}")
+    tensors = [state[key] for key in masked_keys]
+    for key, t, c in zip(masked_keys, tensors, counts):
+        if not 0 <= c <= t.numel():
+            raise ValueError(f"{key}: count {c} outside [0, {t.numel()}]")
+    if scope == "global":
+        masks = global_topk_masks(tensors, sum(counts))
+    else:
+        masks = [topk_mask(t.detach().abs(), c) for t, c in zip(tensors, counts)]
+    out = dict(state)
+    for key, t, m in zip(masked_keys, tensors, masks):
+        out[key] = t.detach().masked_fill(~m, 0)
+    return out, dict(zip(masked_keys, masks))
+
+
+def superpose_steps(
+    states: Iterable[State],
+    *,
+    method: str,
+    cima_factor: float,
+    reprune_mode: str,
+    masked_keys: Sequence[str],
+    counts: Sequence[int],
+    scope: str,
+) -> Iterator[tuple[int, State, dict[str, Tensor]]]:
+    """Yield (k, S_k, masks_k) for k = 1..M from states T_0..T_M, re-pruning each or at the end."""
+    if reprune_mode not in REPRUNE_MODES:
+        raise ValueError(
+            f"superpose.reprune must be one of {list(REPRUNE_MODES)}, got {reprune_mode!r}"
+        )
+    step_weight(method, 1, cima_factor)  # validate method and factor before anything runs
+    _check_scope(scope)
+    masked_keys, counts = list(masked_keys), list(counts)
+
+    def steps() -> Iterator[tuple[int, State, dict[str, Tensor]]]:
+        tickets = iter(states)
+        try:
+            running = next(tickets)
+        except StopIteration:
+            raise ValueError("superpose_steps needs at least T_0") from None
+        for k, ticket in enumerate(tickets, start=1):
+            averaged = average(running, ticket, step_weight(method, k, cima_factor))
+            pruned, masks = reprune(averaged, masked_keys, counts, scope)
+            running = pruned if reprune_mode == "each" else averaged
+            yield k, pruned, masks
+
+    return steps()

@@ -1,0 +1,66 @@
+"""Weights & Biases: one run per stage, grouped by experiment, offline unless told otherwise.
+
+Only rank 0 logs. The mode comes from WANDB_MODE when the caller passes it (an explicit `mode=`
+argument would beat the variable), else from the config. No network is needed in offline mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def config_hash(cfg: dict) -> str:
+    """A short, stable hash of the config without its tracking section (names a DVC-less group)."""
+    body = {k: v for k, v in cfg.items() if k != "tracking"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def public_config(cfg: Any) -> Any:
+    """The config with anything that looks like a secret dropped."""
+    if isinstance(cfg, dict):
+        return {k: public_config(v) for k, v in cfg.items() if not any(w in k.lower() for w in SECRET_WORDS)}
+    return cfg
+
+
+class Run:
+    """A thin handle over a wandb run (or nothing when disabled / not rank 0)."""
+
+    def __init__(self, run=None):
+        self._run = run
+
+    @classmethod
+    def start(cls, *, stage: str, cfg: dict, group: str, directory: str, mode: str | None,
+              rank: int = 0) -> "Run":
+        if rank != 0 or mode == "disabled":
+            return cls(None)
+        import wandb
+
+        w = cfg["tracking"]["wandb"]
+        run = wandb.init(project=w["project"], entity=w.get("entity"), group=group, job_type=stage,
+                         name=f"{group}-{stage}", config=public_config(cfg), dir=directory, mode=mode,
+                         reinit="create_new",
+                         settings=wandb.Settings(silent=True, console="off", save_code=False,
+                                                 x_disable_stats=True, disable_git=True))
+        return cls(run)
+
+    @property
+    def dir(self) -> str | None:
+        return None if self._run is None else self._run.dir
+
+    def log(self, row: dict) -> None:
+        if self._run is not None:
+            self._run.log(row)
+
+    def summary(self, values: dict) -> None:
+        if self._run is not None:
+            for k, v in values.items():
+                self._run.summary[k] = v
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self._run is not None:
+            self._run.finish(exit_code=exit_code)
+            self._run = None

@@ -1,0 +1,155 @@
+"""The one training loop every stage uses, and evaluation.
+
+Data sets that fit in memory live on the training device as uint8 tensors (`Batches`); each
+epoch's order and augmentation come from a generator seeded by (seed, epoch), so an epoch is the
+same whether the run was interrupted or not, and there is no hidden RNG state to carry. Metrics are
+accumulated on the device and read once per epoch (no host sync per step).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .data import augment, normalize
+from .sparsity.engine import Masked, density_report
+
+log = logging.getLogger("suptickets")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; nothing of the run is written."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda': CUDA is not available on this machine; use device=auto or cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+@dataclass
+class Batches:
+    """Mini-batches of a tensor data set held on one device."""
+
+    x: torch.Tensor  # uint8 [N, C, H, W]
+    y: torch.Tensor  # int64 [N]
+    mean: list[float]
+    std: list[float]
+    batch_size: int
+    shuffle: bool = False
+    drop_last: bool = False
+    seed: int = 0
+    padding: int = 0
+    flip: bool = False
+
+    def __len__(self) -> int:
+        n = self.x.shape[0]
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.x.shape[0]
+        g = epoch_generator(self.seed, epoch)
+        order = torch.randperm(n, generator=g).to(self.x.device) if self.shuffle else None
+        for i in range(len(self)):
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx = order[sl] if order is not None else sl
+            xb, yb = self.x[idx], self.y[idx]
+            if self.padding or self.flip:
+                xb = augment(xb, g, self.padding, self.flip)
+            yield normalize(xb, self.mean, self.std), yb
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax outputs over the whole split and the labels, in eval mode."""
+    was_training = model.training
+    model.eval()
+    probs, labels = [], []
+    for x, y in batches.epoch():
+        probs.append(F.softmax(model(x).float(), dim=1))
+        labels.append(y)
+    model.train(was_training)
+    return torch.cat(probs), torch.cat(labels)
+
+
+def score(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of predicted probabilities."""
+    acc = (probs.argmax(1) == labels).float().mean().item()
+    loss = F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels).item()
+    return acc, loss
+
+
+def evaluate(model: nn.Module, batches: Batches) -> tuple[float, float]:
+    return score(*predict(model, batches))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batches, val: Batches, *,
+                 epochs: range, step: int, lr_at: Callable[[int, int], float],
+                 masked: Masked | None = None, on_grad: Callable[[int, int, int], None] | None = None,
+                 on_epoch: Callable[[dict], None] | None = None, stage: str = "train") -> int:
+    """Train over `epochs` (0-based, absolute), starting at global `step`; returns the final step.
+
+    Per step: lr ← lr_at(epoch, i); forward; backward; `on_grad(step, epoch, i)` (topology
+    changes see the dense gradient); gradients masked; optimizer step; weights masked.
+    After each epoch `on_epoch(row)` gets the history row (epoch is 1-based).
+    """
+    device = train.x.device
+    for epoch in epochs:
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        bad_step = torch.full((), -1, device=device, dtype=torch.long)
+        lr = 0.0
+        bar = tqdm(train.epoch(epoch), total=len(train), desc=f"{stage} {epoch + 1}/{epochs.stop}",
+                   leave=False, disable=None)
+        for i, (x, y) in enumerate(bar):
+            lr = lr_at(epoch, i)
+            set_lr(optimizer, lr)
+            optimizer.zero_grad(set_to_none=True)
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            loss.backward()
+            if on_grad is not None:
+                on_grad(step, epoch, i)
+            if masked is not None:
+                masked.mask_grads()
+            optimizer.step()
+            if masked is not None:
+                masked.apply()
+            loss = loss.detach()
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
+            loss_sum += loss * y.shape[0]
+            correct += (out.detach().argmax(1) == y).sum()
+            seen += y.shape[0]
+            step += 1
+        if int(bad_step) >= 0:
+            raise TrainingDiverged(f"{stage}: training diverged (loss {loss_sum.item()}) at epoch {epoch + 1}, "
+                                   f"step {int(bad_step)}; lower train.lr or tickets.lr_max")
+        val_acc, val_loss = evaluate(model, val)
+        row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": loss_sum.item() / seen,
+               "train_acc": correct.item() / seen, "val_acc": val_acc, "val_loss": val_loss,
+               "density": density_report(model)[0]}
+        log.info("%s epoch %d/%d: loss %.4f train_acc %.4f val_acc %.4f lr %.5f density %.4f", stage,
+                 row["epoch"], epochs.stop, row["train_loss"], row["train_acc"], val_acc, lr, row["density"])
+        if on_epoch is not None:
+            on_epoch(row)
+    return step

@@ -1,0 +1,104 @@
+"""What every stage script shares: the Hydra entry point, validation before any work, the W&B run,
+and writing the stage's history, metrics and model atomically.
+
+Run by hand, a stage composes `params/` (`python stages/dense.py model=resnet32 train.epochs=2`);
+under DVC it reads the composed root `params.yaml` (`-cp .. -cn params`, see dvc.yaml).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from suptickets.artifacts import write_json, write_text
+from suptickets.config import ConfigError, validate
+from suptickets.data import DataError
+from suptickets.schemas import ValidationFailed, validate_history
+from suptickets.tracking import Run, config_hash
+from suptickets.train import TrainingDiverged
+
+log = logging.getLogger("suptickets")
+HYDRA_DEFAULTS = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout",
+                  "hydra/hydra_logging=disabled"]
+EXPECTED_ERRORS = (ConfigError, DataError, ValidationFailed, TrainingDiverged, FileNotFoundError, ValueError)
+
+
+@dataclass
+class Stage:
+    name: str
+    cfg: dict
+    run: Run
+    history: list[dict] = field(default_factory=list)
+
+    def on_epoch(self, row: dict) -> None:
+        self.history.append(row)
+        self.run.log({f"{self.name}/{k}" if k not in ("epoch", "step") else k: v for k, v in row.items()})
+
+    def write_history(self, path: str | None = None, extra: tuple[str, ...] = ("val_loss",)) -> None:
+        import pandas as pd
+
+        df = validate_history(pd.DataFrame(self.history), extra=extra)
+        write_text(path or f"plots/{self.name}.csv", df.to_csv(index=False, float_format="%.6g"))
+
+    def write_metrics(self, metrics: dict, path: str | None = None) -> None:
+        write_json(path or f"metrics/{self.name}.json", metrics)
+        self.run.summary(metrics if all(not isinstance(v, dict) for v in metrics.values())
+                         else _flatten(metrics))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def group_name(cfg: dict) -> str:
+    return os.environ.get("DVC_EXP_NAME") or f"params-{config_hash(cfg)}"
+
+
+def launch(main: Callable[[], None]) -> None:
+    """Call a stage's `@hydra.main` function with the runtime defaults (no output folder, no log
+    file, logs to stdout) unless the command line sets them."""
+    given = " ".join(sys.argv[1:])
+    sys.argv[1:1] = [a for a in HYDRA_DEFAULTS if a.split("=")[0] not in given]
+    main()
+
+
+def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
+    """Run `body` as stage `name`: validate the config, start W&B, report expected errors as
+    one line each (exit 2) with nothing half-written."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    cfg = OmegaConf.to_container(dcfg, resolve=True)
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        _fail(name, err)
+    rank = int(os.environ.get("RANK", "0"))
+    mode = None if os.environ.get("WANDB_MODE") else cfg["tracking"]["wandb"]["mode"]
+    root = os.environ.get("DVC_ROOT") or os.getcwd()
+    run = Run.start(stage=name, cfg=cfg, group=group_name(cfg), directory=root, mode=mode, rank=rank)
+    try:
+        body(Stage(name, cfg, run))
+    except EXPECTED_ERRORS as err:
+        run.finish(exit_code=2)
+        _fail(name, err)
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
+    run.finish()
+
+
+def _fail(name: str, err: Exception) -> None:
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    for line in lines:
+        print(f"error: {name}: {line}", file=sys.stderr)
+    sys.exit(2)
+

@@ -1,0 +1,29 @@
+"""dense: the dense baseline, trained for the whole epoch budget."""
+
+import hydra
+from _stage import Stage, launch, stage
+from omegaconf import DictConfig
+
+from suptickets import phases, runtime
+
+
+def run(s: Stage) -> None:
+    cfg = s.cfg
+    device = runtime.setup(cfg["threads"], cfg["device"])
+    data, summary = runtime.load_batches("data/prepared", cfg, device)
+    model = runtime.new_model(cfg, summary, device)
+    opt = runtime.optimizer_for(model, cfg["train"])
+    phases.dense(model, opt, data, cfg, epochs=cfg["train"]["epochs"], on_epoch=s.on_epoch)
+    runtime.save_model("models/dense.safetensors", model)
+    s.write_history()
+    last = s.history[-1]
+    s.write_metrics({"val_acc": last["val_acc"], "train_loss": last["train_loss"], "epochs": last["epoch"]})
+
+
+@hydra.main(version_base="1.3", config_path="../params", config_name="params")
+def main(cfg: DictConfig) -> None:
+    stage("dense", run, cfg)
+
+
+if __name__ == "__main__":
+    launch(main)

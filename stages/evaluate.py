@@ -1,0 +1,74 @@
+"""evaluate: test accuracy and loss of every model present on the official test split, their
+density, the tickets' ensemble (averaged softmax), and the gains of the superposed model."""
+
+from pathlib import Path
+
+import pandas as pd
+import hydra
+from _stage import Stage, launch, stage
+from omegaconf import DictConfig
+
+from suptickets import runtime
+from suptickets.schemas import validate_evaluation
+from suptickets.sparsity.engine import density_report
+from suptickets.train import predict, score
+
+MODELS = ["dense", "sparse_baseline", "warmup"]
+
+
+def model_paths() -> dict[str, Path]:
+    paths = {name: Path(f"models/{name}.safetensors") for name in MODELS}
+    paths.update({p.stem: p for p in sorted(Path("models/tickets").glob("ticket_*.safetensors"))})
+    paths["superposed"] = Path("models/superposed.safetensors")
+    return {name: p for name, p in paths.items() if p.is_file()}
+
+
+def run(s: Stage) -> None:
+    cfg = s.cfg
+    device = runtime.setup(cfg["threads"], cfg["device"])
+    data, summary = runtime.load_batches("data/prepared", cfg, device)
+    rows, ticket_probs, budget = [], [], {}
+    for name, path in model_paths().items():
+        model = runtime.load_model(path, runtime.new_model(cfg, summary, device))
+        probs, labels = predict(model, data["test"])
+        acc, loss = score(probs, labels)
+        density, _ = density_report(model)
+        sparse = name != "dense"
+        rows.append({"model": name, "test_acc": acc, "test_loss": loss, "density": density if sparse else None})
+        if name.startswith("ticket_"):
+            ticket_probs.append(probs)
+        if sparse:
+            budget[name] = sum(int(m.sum()) for n, m in model.named_buffers() if n.endswith("weight_mask"))
+    if ticket_probs:
+        acc, loss = score(sum(ticket_probs) / len(ticket_probs), labels)
+        rows.append({"model": "ticket_ensemble", "test_acc": acc, "test_loss": loss, "density": None})
+    if not rows:
+        raise FileNotFoundError("models/: no model files to evaluate")
+    if "superposed" in budget and "warmup" in budget and budget["superposed"] != budget["warmup"]:
+        raise ValueError(f"models/superposed.safetensors: {budget['superposed']} active weights, but the "
+                         f"budget (warmup's masks) is {budget['warmup']}; refusing to report it")
+    table = validate_evaluation(pd.DataFrame(rows))
+    acc = dict(zip(table["model"], table["test_acc"]))
+    metrics = {"target_density": cfg["dst"]["density"], "test_acc": acc,
+               "test_loss": dict(zip(table["model"], table["test_loss"])),
+               "density": {r["model"]: r["density"] for r in rows if r["density"] is not None}}
+    tickets = [v for k, v in acc.items() if k.startswith("ticket_") and k != "ticket_ensemble"]
+    if "superposed" in acc:
+        metrics["gain"] = {}
+        if "sparse_baseline" in acc:
+            metrics["gain"]["vs_sparse_baseline"] = acc["superposed"] - acc["sparse_baseline"]
+        if tickets:
+            metrics["gain"]["vs_best_ticket"] = acc["superposed"] - max(tickets)
+    s.write_metrics(metrics)
+    for r in rows:
+        density = "" if r["density"] is None else f"  density {r['density']:.4f}"
+        print(f"evaluate: {r['model']:<16} test_acc {r['test_acc']:.4f}{density}")
+
+
+@hydra.main(version_base="1.3", config_path="../params", config_name="params")
+def main(cfg: DictConfig) -> None:
+    stage("evaluate", run, cfg)
+
+
+if __name__ == "__main__":
+    launch(main)

@@ -1,0 +1,63 @@
+"""superpose: average T0 (warmup) and the tickets (CAA or CIMA), re-prune to the budget, recompute
+BatchNorm statistics; writes models/superposed.safetensors."""
+
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+import hydra
+from _stage import Stage, launch, stage
+from omegaconf import DictConfig
+from torch.optim.swa_utils import update_bn
+
+from suptickets import runtime
+from suptickets.artifacts import load_tensors, state_from_file, write_text
+from suptickets.sparsity.engine import attach_masks, density_report
+from suptickets.superpose import superpose_steps
+from suptickets.train import evaluate
+
+
+def model_files() -> list[Path]:
+    tickets = sorted(Path("models/tickets").glob("ticket_*.safetensors"))
+    if not tickets:
+        raise FileNotFoundError("models/tickets: no ticket_*.safetensors; run the tickets stage first")
+    return [Path("models/warmup.safetensors"), *tickets]
+
+
+def run(s: Stage) -> None:
+    cfg, sp = s.cfg, s.cfg["superpose"]
+    device = runtime.setup(cfg["threads"], cfg["device"])
+    data, summary = runtime.load_batches("data/prepared", cfg, device)
+    bn_batches = dataclasses.replace(data["train"], shuffle=False, padding=0, flip=False)
+    model = runtime.new_model(cfg, summary, device)
+    files = model_files()
+    _, masks0 = state_from_file(load_tensors(files[0]))
+    keys = list(masks0)
+    counts = [int(m.sum()) for m in masks0.values()]
+    states = (state_from_file(load_tensors(f, device))[0] for f in files)
+    rows = []
+    for k, state, masks in superpose_steps(states, method=sp["method"], cima_factor=sp["cima_factor"],
+                                           reprune_mode=sp["reprune"], masked_keys=keys, counts=counts,
+                                           scope=sp["scope"]):
+        model.load_state_dict(state, strict=False)
+        attach_masks(model, {n: masks[n] for n in keys})
+        if sp["bn_update"]:
+            update_bn(bn_batches.epoch(), model)
+        val_acc, val_loss = evaluate(model, data["val"])
+        rows.append({"k": k, "val_acc": val_acc, "val_loss": val_loss, "density": density_report(model)[0]})
+        s.run.log({"superpose/val_acc": val_acc, "superpose/k": k})
+    runtime.save_model("models/superposed.safetensors", model)
+    write_text("plots/superpose.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))
+    s.write_metrics({"val_acc": rows[-1]["val_acc"], "density": rows[-1]["density"], "budget": sum(counts),
+                     "steps": {f"S_{r['k']:02d}": r["val_acc"] for r in rows}})
+    print(f"superpose: {len(files) - 1} tickets + T0 -> val_acc {rows[-1]['val_acc']:.4f} "
+          f"at density {rows[-1]['density']:.4f}")
+
+
+@hydra.main(version_base="1.3", config_path="../params", config_name="params")
+def main(cfg: DictConfig) -> None:
+    stage("superpose", run, cfg)
+
+
+if __name__ == "__main__":
+    launch(main)

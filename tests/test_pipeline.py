@@ -1,0 +1,117 @@
+"""End to end: the real dvc CLI runs the smoke DAG in a throwaway copy of the project."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, make_repo, run
+from suptickets.artifacts import load_tensors, state_from_file
+
+STAGES = ["prepare", "dense", "sparse_baseline", "warmup", "tickets", "superpose", "evaluate"]
+pytestmark = pytest.mark.e2e
+
+
+def compose(overrides: list[str], out: Path) -> str:
+    from dvc.utils.hydra import compose_and_dump
+
+    compose_and_dump(str(out), str(ROOT / "params"), None, "params", "", overrides)
+    return out.read_text()
+
+
+def test_params_yaml_is_the_composition_of_params(tmp_path):
+    assert (ROOT / "params.yaml").read_text() == compose([], tmp_path / "params.yaml")
+
+
+def test_every_stage_ran_and_wrote_its_outputs(smoke_repo):
+    log = (smoke_repo / "exp_run.log").read_text()
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in log
+    for path in ["data/prepared/train.safetensors", "data/prepared/summary.json", "models/dense.safetensors",
+                 "models/sparse_baseline.safetensors", "models/warmup.safetensors",
+                 "models/tickets/ticket_01.safetensors", "models/tickets/ticket_02.safetensors",
+                 "models/superposed.safetensors", "plots/dense.csv", "plots/tickets.csv"]:
+        assert (smoke_repo / path).is_file(), path
+    assert not (smoke_repo / "models/tickets/ticket_03.safetensors").exists()
+
+
+def test_evaluate_metrics_have_the_contract_keys(smoke_repo):
+    m = json.loads((smoke_repo / "metrics/evaluate.json").read_text())
+    assert m["target_density"] == 0.1
+    expected = {"dense", "sparse_baseline", "warmup", "ticket_01", "ticket_02", "superposed", "ticket_ensemble"}
+    assert set(m["test_acc"]) == expected
+    assert all(0.5 < v <= 1 for v in m["test_acc"].values())  # 10 classes: chance is 0.1
+    assert set(m["density"]) == expected - {"dense", "ticket_ensemble"}
+    assert set(m["gain"]) == {"vs_sparse_baseline", "vs_best_ticket"}
+    best = max(m["test_acc"]["ticket_01"], m["test_acc"]["ticket_02"])
+    assert m["gain"]["vs_best_ticket"] == pytest.approx(m["test_acc"]["superposed"] - best)
+
+
+def test_sparse_models_hold_the_budget_within_one_weight_per_layer(smoke_repo):
+    from suptickets.sparsity.masks import layer_counts
+
+    for name in ["sparse_baseline", "warmup", "tickets/ticket_01", "tickets/ticket_02", "superposed"]:
+        state, masks = state_from_file(load_tensors(smoke_repo / f"models/{name}.safetensors"))
+        assert len(masks) == 3 and all(k.endswith(".weight") for k in masks), name  # 3 Linear layers
+        counts = layer_counts([tuple(m.shape) for m in masks.values()], 0.1, "erk")
+        active = sum(int(m.sum()) for m in masks.values())
+        total = sum(m.numel() for m in masks.values())
+        assert abs(active - round(0.1 * total)) <= len(masks), name
+        if name != "superposed":  # prune-and-regrow keeps every layer's count
+            assert [int(m.sum()) for m in masks.values()] == counts, name
+        for key, mask in masks.items():
+            assert (state[key][~mask] == 0).all(), f"{name}: {key} nonzero outside its mask"
+
+
+def test_second_repro_runs_nothing_and_status_is_clean(smoke_repo):
+    proc = run(smoke_repo, "dvc", "repro")
+    assert "Running stage" not in proc.stdout, proc.stdout
+    assert run(smoke_repo, "dvc", "status", "-q", check=False).returncode == 0
+
+
+def test_wandb_offline_runs_exist_for_each_stage(smoke_repo):
+    runs = list((smoke_repo / "wandb").glob("offline-run-*"))
+    assert len(runs) == len(STAGES)
+    for r in runs:
+        assert next(r.glob("*.wandb")).stat().st_size > 0
+
+
+def test_changing_a_superpose_param_reruns_only_superpose_and_evaluate(smoke_repo):
+    proc = run(smoke_repo, "dvc", "exp", "run", "-S", "experiment=smoke", "-S", "superpose.method=cima")
+    ran = re.findall(r"Running stage '(\w+)'", proc.stdout)
+    assert ran == ["superpose", "evaluate"], proc.stdout
+
+
+def test_queued_seed_sweep_gives_two_experiments(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    run(repo, "dvc", "exp", "run", "--queue", "-S", "experiment=smoke", "-S", "seed=1,2")
+    run(repo, "dvc", "queue", "start", "-j", "1")
+    _wait_for_queue(repo)
+    shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
+    exps = [e for commit in shown for e in (commit.get("experiments") or [])]
+    seeds = set()
+    for e in exps:
+        for rev in e.get("revs", []):
+            data = rev.get("data") or {}
+            params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
+            if "seed" in params and (data.get("metrics") or {}).get("metrics/evaluate.json"):
+                seeds.add(params["seed"])
+    assert seeds == {1, 2}, json.dumps(shown)[:2000]
+    assert list((repo / "wandb").glob("offline-run-*")), "queued runs must log under the real repo root"
+
+
+def _wait_for_queue(repo: Path, timeout: float = 600) -> None:
+    import time
+
+    start = time.time()
+    while time.time() - start < timeout:
+        status = run(repo, "dvc", "queue", "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            assert "Failed" not in status, status + run(repo, "dvc", "queue", "logs", "-h", check=False).stdout
+            return
+        time.sleep(3)
+    raise AssertionError("queue did not finish in time")
