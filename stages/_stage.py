@@ -68,7 +68,7 @@ def launch(main: Callable[[], None]) -> None:
     """Call a stage's `@hydra.main` function with the runtime defaults (no output folder, no log
     file, logs to stdout) unless the command line sets them."""
     given = " ".join(sys.argv[1:])
-    sys.argv[1:1] = [a for a in HYDRA_DEFAULTS if a.split("=")[0] not in given]
+    sys.argv += [a for a in HYDRA_DEFAULTS if a.split("=")[0] not in given]
     main()
 
 

@@ -120,11 +120,10 @@ def _idx_file(directory: Path, stem: str) -> Path | None:
 
 
 def _fashion_dirs(root: str | None) -> list[Path]:
-    dirs = []
+    """A configured root is the only place looked at; else the Debian package's folder."""
     if root is not None:
-        dirs += [Path(root), Path(root) / "FashionMNIST" / "raw"]
-    dirs.append(Path(DEBIAN_FASHION_MNIST))
-    return dirs
+        return [Path(root), Path(root) / "FashionMNIST" / "raw"]
+    return [Path(DEBIAN_FASHION_MNIST), Path(DEFAULT_ROOT) / "FashionMNIST" / "raw"]
 
 
 def _find_fashion_files(dirs: Sequence[Path]) -> dict[str, Path] | None:
@@ -142,8 +141,14 @@ def _load_fashion_mnist(root: str | None, download: bool) -> Raw:
         from torchvision.datasets import FashionMNIST
 
         target = root if root is not None else DEFAULT_ROOT
-        FashionMNIST(target, train=True, download=True)
-        FashionMNIST(target, train=False, download=True)
+        try:
+            FashionMNIST(target, train=True, download=True)
+            FashionMNIST(target, train=False, download=True)
+        except Exception as err:  # no network, refused, ...: say where we looked and why it failed
+            places = ", ".join(str(d) for d in dirs)
+            raise DataError(f"Fashion-MNIST not found in {places}, and torchvision's download into {target} "
+                            f"failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                            f"set data.root to a folder with the IDX files") from None
         dirs = [Path(target) / "FashionMNIST" / "raw"]
         files = _find_fashion_files(dirs)
     if files is None:
@@ -230,7 +235,11 @@ def _load_cifar(name: str, root: str | None, download: bool) -> Raw:
     if missing and download:
         from torchvision.datasets import CIFAR10, CIFAR100
 
-        (CIFAR10 if name == "cifar10" else CIFAR100)(str(base), train=True, download=True)
+        try:
+            (CIFAR10 if name == "cifar10" else CIFAR100)(str(base), train=True, download=True)
+        except Exception as err:
+            raise DataError(f"{missing[0]}: missing, and torchvision's {name} download into {base} failed "
+                            f"({type(err).__name__}); put the python-format batches under {folder}") from None
         missing = [p for p in needed if not p.is_file()]
     if missing:
         raise DataError(f"{missing[0]}: missing {name} batch file (expected torchvision's "

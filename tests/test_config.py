@@ -1,0 +1,121 @@
+"""Bad input is refused before any work: real Hydra composition of params/, and the stage scripts
+run as a user would, checking exit code, the one-line message and that nothing was written."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import ROOT
+from suptickets.config import check
+
+BAD = [
+    (["dst.density=0"], "dst.density=0: expected a number in (0, 1]"),
+    (["dst.density=1.5"], "dst.density=1.5: expected a number in (0, 1]"),
+    (["dst.density=-0.1"], "dst.density=-0.1"),
+    (["train.epochs=0"], "train.epochs=0: expected an integer >= 1"),
+    (["train.epochs=-3"], "train.epochs=-3"),
+    (["train.batch_size=0"], "train.batch_size=0: expected an integer >= 2"),
+    (["train.lr=0"], "train.lr=0: expected a number > 0"),
+    (["train.lr=-0.1"], "train.lr=-0.1"),
+    (["tickets.cycle_rate=0.01"], "tickets.cycle_rate"),
+    (["tickets.cycle_epochs=40"], "tickets.cycle_epochs"),
+    (["tickets.cycle_rate=1.0"], "tickets.cycle_rate=1.0: expected a number in (0, 1)"),
+    (["tickets.lr_min=0.1", "tickets.lr_max=0.01"], "tickets.lr_min=0.1: must not exceed"),
+    (["data.name=mnist"], "data.name='mnist': not one of fashion_mnist, cifar10, cifar100"),
+    (["model.name=transformer"], "model.name='transformer': not one of"),
+    (["dst.method=snip"], "dst.method='snip': not one of set, rigl, granet"),
+    (["superpose.method=swa"], "superpose.method='swa': not one of caa, cima"),
+    (["superpose.reprune=never"], "superpose.reprune='never': not one of each, final"),
+    (["superpose.scope=row"], "superpose.scope='row': not one of global, layerwise"),
+    (["dst=granet", "dst.init_density=0.01"], "dst.init_density=0.01: must be >= dst.density=0.05"),
+    (["dst=granet", "dst.final_prune_epoch=29"], "dst.final_prune_epoch=29: must be <="),
+    (["data.val_fraction=1.0"], "data.val_fraction=1.0: expected a number in (0, 1)"),
+    (["dst.distribution=gaussian"], "dst.distribution='gaussian': not one of erk, uniform"),
+    (["device=tpu"], "device='tpu': not one of auto, cpu, cuda"),
+    (["dst.prune_rate=1.5"], "dst.prune_rate=1.5"),
+    (["train.momentum=1.0"], "train.momentum=1.0"),
+]
+
+
+def composed(overrides: list[str]) -> dict:
+    with initialize_config_dir(str(ROOT / "params"), version_base="1.3"):
+        return OmegaConf.to_container(compose("params", overrides=overrides), resolve=True)
+
+
+def test_the_default_and_every_preset_are_valid():
+    assert check(composed([])) == []
+    for preset in sorted(p.stem for p in (ROOT / "params/experiment").glob("*.yaml")):
+        assert check(composed([f"experiment={preset}"])) == [], preset
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_config_is_named_in_one_line(overrides, message):
+    problems = check(composed(overrides))
+    assert problems, overrides
+    assert any(message in p for p in problems), problems
+    assert all("\n" not in p for p in problems)
+
+
+def test_a_section_turned_into_a_string_is_refused():
+    cfg = composed([])
+    cfg["model"] = "resnet32"
+    (problem,) = check(cfg)
+    assert problem.startswith("model='resnet32': a section turned into a string")
+
+
+def stage(tmp_path, name, *args):
+    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py"), *args], cwd=tmp_path,
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "WANDB_MODE": "disabled",
+                                                               "PYTHONPATH": str(ROOT / "src")})
+
+
+def test_stage_refuses_bad_config_before_any_work(tmp_path):
+    proc = stage(tmp_path, "dense", "dst.density=2", "train.epochs=0")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["error: dense: train.epochs=0: expected an integer >= 1",
+                     "error: dense: dst.density=2: expected a number in (0, 1]"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_group_override_on_the_composed_params_yaml_is_refused(tmp_path):
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "stages", tmp_path / "stages")
+    proc = subprocess.run([sys.executable, "stages/dense.py", "-cp", "..", "-cn", "params", "model=resnet32"],
+                          cwd=tmp_path, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT / "src")})
+    assert proc.returncode == 2, proc.stderr
+    assert "error: dense: model='resnet32': a section turned into a string" in proc.stderr
+    assert not (tmp_path / "models").exists()
+
+
+def write_idx(path, magic, dims, payload: bytes):
+    import struct
+
+    head = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims)
+    with gzip.open(path, "wb") as f:
+        f.write(head + payload)
+
+
+def test_missing_and_truncated_data_files_are_named_and_nothing_is_written(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    proc = stage(tmp_path, "prepare", f"data.root={raw}", "data.download=false")
+    assert proc.returncode == 2
+    assert "error: prepare:" in proc.stderr and str(raw) in proc.stderr
+    n = 50
+    write_idx(raw / "train-images-idx3-ubyte.gz", 0x803, [n, 28, 28], bytes(n * 28 * 28 - 7))  # truncated
+    write_idx(raw / "train-labels-idx1-ubyte.gz", 0x801, [n], bytes(n))
+    write_idx(raw / "t10k-images-idx3-ubyte.gz", 0x803, [n, 28, 28], bytes(n * 28 * 28))
+    write_idx(raw / "t10k-labels-idx1-ubyte.gz", 0x801, [n], bytes(n))
+    proc = stage(tmp_path, "prepare", f"data.root={raw}", "data.download=false")
+    assert proc.returncode == 2
+    assert "train-images-idx3-ubyte.gz" in proc.stderr
+    assert not (tmp_path / "data").exists()
