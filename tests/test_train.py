@@ -1,0 +1,112 @@
+"""The training loop and the phases built on it: learning, determinism, divergence, the cycles'
+lr and re-explore, tickets, FLOPs accounting, and BN recalibration."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch.optim.swa_utils import update_bn
+
+from suptickets import phases
+from suptickets.models import build_model
+from suptickets.schedules import triangular_lr
+from suptickets.sparsity.engine import masks_of
+from suptickets.train import TrainingDiverged, evaluate, train_epochs
+
+from test_engine import CLASSES, SHAPE, dst_cfg, toy_data
+
+
+def cfg(**over) -> dict:
+    c = {"seed": 0, "train": {"lr": 0.05, "milestones": [0.5, 0.75], "gamma": 0.1},
+         "dst": dst_cfg("rigl"),
+         "tickets": {"cycle_epochs": 2, "lr_min": 0.001, "lr_max": 0.01, "re_explore_rate": 0.5}}
+    c.update(over)
+    return c
+
+
+def fresh():
+    torch.manual_seed(0)
+    model = build_model("mlp", SHAPE, CLASSES, hidden=[32, 16])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    train, val = toy_data()
+    return model, opt, {"train": train, "val": val}
+
+
+def test_dense_training_learns_and_is_bit_identical_for_a_seed():
+    results = []
+    for _ in range(2):
+        model, opt, data = fresh()
+        rows = []
+        phases.dense(model, opt, data, cfg(), epochs=4, on_epoch=rows.append)
+        results.append((model.state_dict(), rows))
+    (a, rows_a), (b, rows_b) = results
+    assert rows_a[-1]["val_acc"] > 0.6 and rows_a[-1]["train_loss"] < rows_a[0]["train_loss"]
+    assert rows_a == rows_b
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["lr"] for r in rows_a] == pytest.approx([0.05, 0.05, 0.005, 0.0005])
+
+
+def test_divergence_stops_with_stage_epoch_and_step():
+    model, opt, data = fresh()
+    with pytest.raises(TrainingDiverged, match=r"warmup: training diverged .* at epoch 1, step \d+"):
+        train_epochs(model, opt, data["train"], data["val"], epochs=range(2), step=0,
+                     lr_at=lambda e, i: 1e30, stage="warmup")
+
+
+def test_cycles_set_the_triangular_lr_every_step_reexplore_once_per_cycle_and_save_tickets():
+    model, opt, data = fresh()
+    c = cfg()
+    flops = phases.FlopsMeter(model, SHAPE, "rigl", 4)
+    step = phases.sparse_phase(model, opt, data, c, epochs=2, on_epoch=lambda r: None, stage="warmup",
+                               flops=flops)
+    spe = len(data["train"])
+    lrs, changes, tickets, rows = [], [], [], []
+    orig_step = opt.step
+
+    def spy_step(*a, **k):
+        lrs.append(opt.param_groups[0]["lr"])
+        return orig_step(*a, **k)
+
+    opt.step = spy_step
+    before = {"m": [m.clone() for m in masks_of(model).values()]}
+
+    def on_epoch(row):
+        rows.append(row)
+        now = [m.clone() for m in masks_of(model).values()]
+        changes.append(any(not torch.equal(a, b) for a, b in zip(before["m"], now)))
+        before["m"] = now
+
+    end = phases.cycles(model, opt, data, c, first_epoch=2, n_tickets=3, step=step, on_epoch=on_epoch,
+                        on_ticket=tickets.append, flops=phases.FlopsMeter(model, SHAPE, "rigl", None))
+    assert end == step + 6 * spe
+    assert tickets == [1, 2, 3]
+    cycle = [triangular_lr(i, 2 * spe, 0.001, 0.01) for i in range(2 * spe)]
+    assert lrs == pytest.approx(cycle * 3)
+    assert lrs[0] == lrs[2 * spe - 1] == 0.001
+    assert changes == [True, False] * 3  # re-explore at each cycle's first step, nothing else
+    assert [r["epoch"] for r in rows] == [3, 4, 5, 6, 7, 8]
+
+
+def test_flops_ratio_of_sparse_training_is_near_its_density():
+    model, opt, data = fresh()
+    flops = phases.FlopsMeter(model, SHAPE, "set", 4)
+    phases.sparse_phase(model, opt, data, cfg(dst=dst_cfg("set")), epochs=1, on_epoch=lambda r: None,
+                        stage="sparse_baseline", flops=flops)
+    assert 0.15 < flops.ratio < 0.25  # density 0.2 over the masked layers: SET costs 3·f_S per step
+    rigl = phases.FlopsMeter(model, SHAPE, "rigl", 4)
+    rigl.add(10)
+    assert rigl.ratio > flops.ratio  # RigL pays a dense gradient every ΔT steps
+
+
+def test_bn_update_changes_only_running_statistics():
+    model, opt, data = fresh()
+    phases.dense(model, opt, data, cfg(), epochs=4, on_epoch=lambda r: None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = dataclasses.replace(data["train"], shuffle=False, padding=0, flip=False)
+    update_bn(plain.epoch(), model)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
+    assert evaluate(model, data["val"])[0] > 0.6
