@@ -38,7 +38,10 @@ def run(s: Stage) -> None:
         if name.startswith("ticket_"):
             ticket_probs.append(probs)
         if sparse:
-            budget[name] = sum(int(m.sum()) for n, m in model.named_buffers() if n.endswith("weight_mask"))
+            masks = [m for n, m in model.named_buffers() if n.endswith("weight_mask")]
+            budget[name] = sum(int(m.sum()) for m in masks)
+            if name == "superposed":
+                superposed_masks, total_masked = masks, sum(m.numel() for m in masks)
     if ticket_probs:
         acc, loss = score(sum(ticket_probs) / len(ticket_probs), labels)
         rows.append({"model": "ticket_ensemble", "test_acc": acc, "test_loss": loss, "density": None})
@@ -47,6 +50,12 @@ def run(s: Stage) -> None:
     if "superposed" in budget and "warmup" in budget and budget["superposed"] != budget["warmup"]:
         raise ValueError(f"models/superposed.safetensors: {budget['superposed']} active weights, but the "
                          f"budget (warmup's masks) is {budget['warmup']}; refusing to report it")
+    if "superposed" in budget:
+        d = next(r["density"] for r in rows if r["model"] == "superposed")
+        target, layers = cfg["dst"]["density"], len(superposed_masks)
+        if abs(d - target) * total_masked > layers:
+            raise ValueError(f"models/superposed.safetensors: density {d:.6f} differs from dst.density={target} "
+                             f"by more than one weight per layer; refusing to report it")
     table = validate_evaluation(pd.DataFrame(rows))
     acc = dict(zip(table["model"], table["test_acc"]))
     metrics = {"target_density": cfg["dst"]["density"], "test_acc": acc,

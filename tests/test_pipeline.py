@@ -115,3 +115,15 @@ def _wait_for_queue(repo: Path, timeout: float = 600) -> None:
             return
         time.sleep(3)
     raise AssertionError("queue did not finish in time")
+
+
+@pytest.mark.parametrize("overrides", [["dst=set"], ["dst=granet", "dst.final_prune_epoch=3"], ["dst.density=0.02"]],
+                         ids=["set", "granet", "density-0.02"])
+def test_other_methods_and_densities_run_through_dvc_exp_run(smoke_repo, overrides):
+    run(smoke_repo, "dvc", "exp", "run", "-S", "experiment=smoke", *[a for o in overrides for a in ("-S", o)])
+    m = json.loads((smoke_repo / "metrics/evaluate.json").read_text())
+    target = 0.02 if "dst.density=0.02" in overrides else 0.1
+    assert m["target_density"] == target
+    for name, d in m["density"].items():
+        assert d == pytest.approx(target, abs=3 / (784 * 64 + 64 * 32 + 32 * 10)), name  # one weight per layer
+    assert m["test_acc"]["superposed"] > 0.5

@@ -261,3 +261,15 @@ def test_superpose_errors_are_eager():
         _tickets()[:1], method="caa", reprune_mode="each", scope="global", **kw
     )
     assert list(single) == []
+
+
+@pytest.mark.parametrize("mode", ["each", "final"])
+def test_superposing_after_every_cycle_equals_superposing_at_the_end(mode):
+    extra = _state([1, 1, 1, 1], [1, 1], [0, 0], 40)
+    kw = dict(method="caa", cima_factor=0.5, reprune_mode=mode, masked_keys=KEYS, counts=COUNTS, scope="global")
+    at_the_end = list(superpose_steps(_tickets() + [extra], **kw))
+    for m in range(1, len(at_the_end) + 1):  # stopping after cycle m gives the same S_m
+        *_, (k, state, masks) = superpose_steps((_tickets() + [extra])[: m + 1], **kw)
+        assert k == m
+        assert all(torch.equal(state[key], at_the_end[m - 1][1][key]) for key in state)
+        assert all(torch.equal(masks[key], at_the_end[m - 1][2][key]) for key in masks)
