@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from suptickets.artifacts import write_json, write_text
 from suptickets.config import ConfigError, validate
 from suptickets.data import DataError
-from suptickets.schemas import ValidationFailed, validate_history
+from suptickets.resume import Checkpoint
+from suptickets.schemas import HISTORY_COLUMNS, ValidationFailed, validate_history
 from suptickets.tracking import Run, config_hash
 from suptickets.train import TrainingDiverged
 
@@ -34,16 +36,47 @@ class Stage:
     name: str
     cfg: dict
     run: Run
+    rank: int = 0
     history: list[dict] = field(default_factory=list)
+    checkpoint: Checkpoint | None = None
+    extra: Callable[[], dict] = dict  # stage-specific state to keep in the resume checkpoint
+    _model: object = None
+    _optimizer: object = None
+
+    def resume(self, model, optimizer, inputs: list[str]) -> dict:
+        """Restore the last end-of-epoch checkpoint of this stage, config and inputs, if any.
+
+        Returns {"epoch": epochs done (0 if fresh), "step", "extra"}; the history is restored too.
+        """
+        root = Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+        here = Path.cwd().resolve()
+        self.checkpoint = Checkpoint.for_stage(root, self.name, self.cfg, [Path(p) for p in inputs],
+                                               workdir="" if here == root else str(here))
+        self._model, self._optimizer = model, optimizer
+        meta = self.checkpoint.load(model, optimizer)
+        if meta is None:
+            return {"epoch": 0, "step": 0, "extra": {}}
+        self.history = meta["history"]
+        log.info("%s: resuming after epoch %d (step %d) from %s", self.name, meta["epoch"], meta["step"],
+                 self.checkpoint.dir)
+        return meta
 
     def on_epoch(self, row: dict) -> None:
         self.history.append(row)
         self.run.log({f"{self.name}/{k}" if k not in ("epoch", "step") else k: v for k, v in row.items()})
+        if self.checkpoint is not None and self.rank == 0:
+            self.checkpoint.save(self._model, self._optimizer, {"epoch": row["epoch"], "step": row["step"],
+                                                                "history": self.history, "extra": self.extra()})
+
+    def done(self) -> None:
+        """The stage's outputs are written: its resume checkpoint is no longer needed."""
+        if self.checkpoint is not None and self.rank == 0:
+            self.checkpoint.clear()
 
     def write_history(self, path: str | None = None, extra: tuple[str, ...] = ("val_loss",)) -> None:
         import pandas as pd
 
-        df = validate_history(pd.DataFrame(self.history), extra=extra)
+        df = validate_history(pd.DataFrame(self.history)[HISTORY_COLUMNS + list(extra)], extra=extra)
         write_text(path or f"plots/{self.name}.csv", df.to_csv(index=False, float_format="%.6g"))
 
     def write_metrics(self, metrics: dict, path: str | None = None) -> None:
@@ -85,15 +118,25 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
     mode = None if os.environ.get("WANDB_MODE") else cfg["tracking"]["wandb"]["mode"]
     root = os.environ.get("DVC_ROOT") or os.getcwd()
     run = Run.start(stage=name, cfg=cfg, group=group_name(cfg), directory=root, mode=mode, rank=rank)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        body(Stage(name, cfg, run))
+        body(Stage(name, cfg, run, rank=rank))
     except EXPECTED_ERRORS as err:
         run.finish(exit_code=2)
         _fail(name, err)
+    except KeyboardInterrupt:
+        run.finish(exit_code=130)
+        print(f"error: {name}: interrupted; rerun the stage to resume from its last finished epoch",
+              file=sys.stderr)
+        sys.exit(130)
     except BaseException:
         run.finish(exit_code=1)
         raise
     run.finish()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _fail(name: str, err: Exception) -> None:

@@ -13,11 +13,14 @@ def run(s: Stage) -> None:
     data, summary = runtime.load_batches("data/prepared", cfg, device)
     model = runtime.new_model(cfg, summary, device)
     opt = runtime.optimizer_for(model, cfg["train"])
-    phases.dense(model, opt, data, cfg, epochs=cfg["train"]["epochs"], on_epoch=s.on_epoch)
+    start = s.resume(model, opt, ["data/prepared"])
+    phases.dense(model, opt, data, cfg, epochs=cfg["train"]["epochs"], on_epoch=s.on_epoch,
+                 start_epoch=start["epoch"], step=start["step"])
     runtime.save_model("models/dense.safetensors", model)
     s.write_history()
     last = s.history[-1]
     s.write_metrics({"val_acc": last["val_acc"], "train_loss": last["train_loss"], "epochs": last["epoch"]})
+    s.done()
 
 
 @hydra.main(version_base="1.3", config_path="../params", config_name="params")

@@ -16,8 +16,11 @@ def train_sparse(s: Stage, epochs: int):
     model = runtime.new_model(cfg, summary, device)
     opt = runtime.optimizer_for(model, cfg["train"])
     flops = phases.FlopsMeter(model, summary["shape"], cfg["dst"]["method"], cfg["dst"]["update_frequency"])
+    start = s.resume(model, opt, ["data/prepared"])
+    flops.restore(start["extra"].get("flops", {}))
+    s.extra = lambda: {"flops": flops.state()}
     step = phases.sparse_phase(model, opt, data, cfg, epochs=epochs, on_epoch=s.on_epoch, stage=s.name,
-                               flops=flops)
+                               flops=flops, start_epoch=start["epoch"], step=start["step"])
     overall, layers = density_report(model)
     metrics = {"val_acc": s.history[-1]["val_acc"], "density": overall, "layer_density": layers,
                "flops_ratio": flops.ratio, "epochs": epochs, "steps": step}
@@ -29,6 +32,7 @@ def run(s: Stage) -> None:
     runtime.save_model("models/sparse_baseline.safetensors", model)
     s.write_history()
     s.write_metrics(metrics)
+    s.done()
 
 
 @hydra.main(version_base="1.3", config_path="../params", config_name="params")

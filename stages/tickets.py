@@ -2,7 +2,6 @@
 and ends in a cheap ticket, models/tickets/ticket_KK.safetensors."""
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -10,11 +9,16 @@ from _stage import Stage, launch, stage
 from omegaconf import DictConfig
 
 from suptickets import phases, runtime
+from suptickets.artifacts import load_tensors, state_from_file
 from suptickets.schedules import epoch_split
 from suptickets.sparsity.engine import density_report, masks_of
 from suptickets.sparsity.masks import jaccard
 
-OUT = Path("models/tickets")
+WARMUP, WARMUP_OPTIM, OUT = "models/warmup.safetensors", "models/warmup.optim.safetensors", Path("models/tickets")
+
+
+def mask_list(path) -> list:
+    return [m for m in state_from_file(load_tensors(path))[1].values()]
 
 
 def run(s: Stage) -> None:
@@ -22,36 +26,41 @@ def run(s: Stage) -> None:
     warmup_epochs, _, n_tickets = epoch_split(cfg["train"]["epochs"], t["cycle_rate"], t["cycle_epochs"])
     device = runtime.setup(cfg["threads"], cfg["device"])
     data, summary = runtime.load_batches("data/prepared", cfg, device)
-    model = runtime.load_model("models/warmup.safetensors", runtime.new_model(cfg, summary, device))
+    model = runtime.load_model(WARMUP, runtime.new_model(cfg, summary, device))
     opt = runtime.optimizer_for(model, cfg["train"])
-    step = runtime.load_optimizer("models/warmup.optim.safetensors", model, opt)
+    step = runtime.load_optimizer(WARMUP_OPTIM, model, opt)
     flops = phases.FlopsMeter(model, summary["shape"], cfg["dst"]["method"], None)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tickets.", dir=OUT.parent))
-    previous = [m.bool().clone() for m in masks_of(model).values()]
-    per_ticket = []
+    start = s.resume(model, opt, ["data/prepared", WARMUP, WARMUP_OPTIM])
+    flops.restore(start["extra"].get("flops", {}))
+    per_ticket = start["extra"].get("tickets", [])
+    s.extra = lambda: {"flops": flops.state(), "tickets": per_ticket}
+    folder = s.checkpoint.dir / "tickets"  # tickets wait beside the resume state until the stage ends
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = mask_list(folder / f"{per_ticket[-1]['ticket']}.safetensors" if per_ticket else WARMUP)
 
-    def on_ticket(k: int) -> None:
+    def on_ticket(k: int, row: dict) -> None:
         nonlocal previous
         name = f"ticket_{k:02d}"
-        runtime.save_model(tmp / f"{name}.safetensors", model)
-        current = [m.bool().clone() for m in masks_of(model).values()]
-        per_ticket.append({"ticket": name, "epoch": s.history[-1]["epoch"], "val_acc": s.history[-1]["val_acc"],
+        runtime.save_model(folder / f"{name}.safetensors", model)
+        current = [m.bool().clone().cpu() for m in masks_of(model).values()]
+        per_ticket.append({"ticket": name, "epoch": row["epoch"], "val_acc": row["val_acc"],
                            "density": density_report(model)[0], "jaccard_prev": jaccard(previous, current)})
-        s.run.log({"tickets/val_acc": s.history[-1]["val_acc"], "tickets/jaccard_prev": per_ticket[-1]["jaccard_prev"],
+        s.run.log({"tickets/val_acc": row["val_acc"], "tickets/jaccard_prev": per_ticket[-1]["jaccard_prev"],
                    "ticket": k})
         previous = current
 
-    try:
-        phases.cycles(model, opt, data, cfg, first_epoch=warmup_epochs, n_tickets=n_tickets, step=step,
-                      on_epoch=s.on_epoch, on_ticket=on_ticket, flops=flops)
-        shutil.rmtree(OUT, ignore_errors=True)
-        tmp.rename(OUT)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    phases.cycles(model, opt, data, cfg, first_epoch=warmup_epochs, n_tickets=n_tickets,
+                  step=start["step"] or step, on_epoch=s.on_epoch, on_ticket=on_ticket, flops=flops,
+                  start_epoch=start["epoch"] or warmup_epochs)
+    tmp = OUT.parent / f".{OUT.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(folder, tmp)
+    shutil.rmtree(OUT, ignore_errors=True)
+    tmp.rename(OUT)
     s.write_history()
     s.write_metrics({"n_tickets": n_tickets, "tickets": {p["ticket"]: p for p in per_ticket},
                      "flops_ratio": flops.ratio})
+    s.done()
 
 
 @hydra.main(version_base="1.3", config_path="../params", config_name="params")

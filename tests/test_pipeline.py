@@ -89,7 +89,7 @@ def test_changing_a_superpose_param_reruns_only_superpose_and_evaluate(smoke_rep
 def test_queued_seed_sweep_gives_two_experiments(tmp_path):
     repo = make_repo(tmp_path / "repo")
     run(repo, "dvc", "exp", "run", "--queue", "-S", "experiment=smoke", "-S", "seed=1,2")
-    run(repo, "dvc", "queue", "start", "-j", "1")
+    run(repo, "dvc", "queue", "start", "-j", "2")  # side by side
     _wait_for_queue(repo)
     shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
     exps = [e for commit in shown for e in (commit.get("experiments") or [])]
@@ -101,7 +101,10 @@ def test_queued_seed_sweep_gives_two_experiments(tmp_path):
             if "seed" in params and (data.get("metrics") or {}).get("metrics/evaluate.json"):
                 seeds.add(params["seed"])
     assert seeds == {1, 2}, json.dumps(shown)[:2000]
-    assert list((repo / "wandb").glob("offline-run-*")), "queued runs must log under the real repo root"
+    runs = list((repo / "wandb").glob("offline-run-*"))  # under the real repo root, one folder per stage run
+    assert len(runs) == 2 * len(STAGES) and len({r.name for r in runs}) == len(runs)
+    leftovers = list((repo / ".cache/suptickets/resume").glob("*")) if (repo / ".cache").exists() else []
+    assert leftovers == [], "each experiment's checkpoints are its own and removed at the end"
 
 
 def _wait_for_queue(repo: Path, timeout: float = 600) -> None:

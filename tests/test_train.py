@@ -79,7 +79,7 @@ def test_cycles_set_the_triangular_lr_every_step_reexplore_once_per_cycle_and_sa
         before["m"] = now
 
     end = phases.cycles(model, opt, data, c, first_epoch=2, n_tickets=3, step=step, on_epoch=on_epoch,
-                        on_ticket=tickets.append, flops=phases.FlopsMeter(model, SHAPE, "rigl", None))
+                        on_ticket=lambda k, row: tickets.append(k), flops=phases.FlopsMeter(model, SHAPE, "rigl", None))
     assert end == step + 6 * spe
     assert tickets == [1, 2, 3]
     cycle = [triangular_lr(i, 2 * spe, 0.001, 0.01) for i in range(2 * spe)]

@@ -20,9 +20,9 @@ def step_lr(cfg: dict, epochs: int) -> Callable[[int, int], float]:
 
 
 def dense(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, epochs: int,
-          on_epoch: Callable[[dict], None]) -> int:
-    return train_epochs(model, optimizer, data["train"], data["val"], epochs=range(epochs), step=0,
-                        lr_at=step_lr(cfg, epochs), on_epoch=on_epoch, stage="dense")
+          on_epoch: Callable[[dict], None], start_epoch: int = 0, step: int = 0) -> int:
+    return train_epochs(model, optimizer, data["train"], data["val"], epochs=range(start_epoch, epochs),
+                        step=step, lr_at=step_lr(cfg, epochs), on_epoch=on_epoch, stage="dense")
 
 
 class FlopsMeter:
@@ -34,6 +34,12 @@ class FlopsMeter:
         self.dense = forward_flops(model, self.shape)
         self.method, self.dt = method, update_frequency
         self.cost = self.dense_cost = 0.0
+
+    def state(self) -> dict:
+        return {"cost": self.cost, "dense_cost": self.dense_cost}
+
+    def restore(self, state: dict) -> None:
+        self.cost, self.dense_cost = state.get("cost", 0.0), state.get("dense_cost", 0.0)
 
     def add(self, steps: int, topology_updates: bool = True) -> None:
         fs = forward_flops(self.model, self.shape, masks_of(self.model))
@@ -50,20 +56,23 @@ class FlopsMeter:
 
 
 def sparse_phase(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, epochs: int,
-                 on_epoch: Callable[[dict], None], stage: str, flops: FlopsMeter) -> int:
-    """A DST method for `epochs` epochs from a fresh random mask, with the multi-step lr."""
+                 on_epoch: Callable[[dict], None], stage: str, flops: FlopsMeter,
+                 start_epoch: int = 0, step: int = 0) -> int:
+    """A DST method for `epochs` epochs from a fresh random mask (or, with `start_epoch` > 0, from
+    the masks already on the model), with the multi-step lr."""
     d = cfg["dst"]
     spe = len(data["train"])
     rule = DST.from_config(d, steps_per_epoch=spe, epochs=epochs, seed=cfg["seed"])
-    init_masks(model, rule.initial_density, d["distribution"], d["keep_first_dense"],
-               torch.Generator().manual_seed(cfg["seed"]))
+    if start_epoch == 0:
+        init_masks(model, rule.initial_density, d["distribution"], d["keep_first_dense"],
+                   torch.Generator().manual_seed(cfg["seed"]))
     masked = Masked(model, optimizer)
 
     def epoch_done(row):
         flops.add(spe)
         on_epoch(row)
 
-    step = train_epochs(model, optimizer, data["train"], data["val"], epochs=range(epochs), step=0,
+    step = train_epochs(model, optimizer, data["train"], data["val"], epochs=range(start_epoch, epochs), step=step,
                         lr_at=step_lr(cfg, epochs), masked=masked,
                         on_grad=lambda step, epoch, i: rule.on_grad(masked, step),
                         on_epoch=epoch_done, stage=stage)
@@ -73,9 +82,11 @@ def sparse_phase(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dic
 
 def cycles(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, first_epoch: int,
            n_tickets: int, step: int, on_epoch: Callable[[dict], None],
-           on_ticket: Callable[[int], None], flops: FlopsMeter) -> int:
+           on_ticket: Callable[[int, dict], None], flops: FlopsMeter, start_epoch: int | None = None) -> int:
     """Sup-tickets' cyclic phase: per cycle a re-explore on the first step's fresh gradient, a
-    triangular lr set every iteration, no periodic topology updates, a ticket at the cycle's end."""
+    triangular lr set every iteration, no periodic topology updates, a ticket at the cycle's end
+    (`on_ticket(k, row)`, before `on_epoch(row)`). Cycles start at `first_epoch`; a resumed run
+    passes the epoch it goes on from as `start_epoch`."""
     t, d = cfg["tickets"], cfg["dst"]
     spe = len(data["train"])
     length = t["cycle_epochs"]
@@ -97,12 +108,13 @@ def cycles(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, 
 
     def epoch_done(row):
         flops.add(spe, topology_updates=False)
-        on_epoch(row)
         k, e = divmod(row["epoch"] - first_epoch, length)
         if e == 0:
-            on_ticket(k)
+            on_ticket(k, row)
+        on_epoch(row)
 
     last = first_epoch + n_tickets * length
-    return train_epochs(model, optimizer, data["train"], data["val"], epochs=range(first_epoch, last),
+    start = first_epoch if start_epoch is None else start_epoch
+    return train_epochs(model, optimizer, data["train"], data["val"], epochs=range(start, last),
                         step=step, lr_at=lr_at, masked=masked, on_grad=on_grad, on_epoch=epoch_done,
                         stage="tickets")

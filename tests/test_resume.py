@@ -1,0 +1,105 @@
+"""Resume after interruption: SIGKILL the smoke DAG in the middle of warmup and again in the middle
+of tickets, rerun `dvc repro`, and get every output bit-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import env_for, make_repo, run
+from suptickets.models import build_model
+from suptickets.resume import Checkpoint, key
+from suptickets.sparsity.engine import Masked, init_masks, masks_of
+
+
+def lock_hashes(repo: Path, lock: str = "dvc.lock") -> dict[str, str]:
+    data = yaml.safe_load((repo / lock).read_text())
+    return {f"{s}:{o['path']}": o["md5"] for s, st in data["stages"].items() for o in st.get("outs", [])}
+
+
+def test_checkpoint_key_depends_on_config_inputs_and_run_folder(tmp_path):
+    f = tmp_path / "input.bin"
+    f.write_bytes(b"a")
+    base = key("warmup", {"seed": 0, "tracking": {"x": 1}}, [f])
+    assert key("warmup", {"seed": 0, "tracking": {"x": 2}}, [f]) == base  # tracking is not part of the run
+    assert key("warmup", {"seed": 1, "tracking": {"x": 1}}, [f]) != base
+    assert key("tickets", {"seed": 0, "tracking": {"x": 1}}, [f]) != base
+    assert key("warmup", {"seed": 0, "tracking": {"x": 1}}, [f], workdir="/tmp/exp-a") != base
+    f.write_bytes(b"b")
+    assert key("warmup", {"seed": 0, "tracking": {"x": 1}}, [f]) != base
+
+
+def test_checkpoint_round_trip_restores_weights_masks_and_momentum(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("mlp", (1, 8, 8), 4, hidden=[16])
+    init_masks(model, 0.3, "erk", False, torch.Generator().manual_seed(0))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(4, 1, 8, 8)).sum().backward()
+    opt.step()
+    Masked(model, opt).apply()  # as the loop does after every step
+    ck = Checkpoint(tmp_path / "ck")
+    ck.save(model, opt, {"epoch": 3, "step": 7, "history": [], "extra": {"a": 1}})
+    torch.manual_seed(1)
+    fresh = build_model("mlp", (1, 8, 8), 4, hidden=[16])
+    fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    meta = ck.load(fresh, fresh_opt)
+    assert meta["epoch"] == 3 and meta["step"] == 7 and meta["extra"] == {"a": 1}
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    assert list(masks_of(fresh)) == list(masks_of(model))
+    for p, q in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(opt.state[p]["momentum_buffer"], fresh_opt.state[q]["momentum_buffer"])
+    ck.clear()
+    assert Checkpoint(tmp_path / "ck").load(fresh, fresh_opt) is None
+
+
+def _repro_until(repo: Path, pattern: str, timeout: float = 300) -> None:
+    """Run `dvc repro` and SIGKILL the whole process group once a checkpoint matching `pattern` exists."""
+    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env_for(repo), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    start = time.time()
+    try:
+        while time.time() - start < timeout:
+            if list((repo / ".cache/suptickets/resume").glob(pattern)):
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return
+            if proc.poll() is not None:
+                raise AssertionError(f"dvc repro ended (rc {proc.returncode}) before {pattern} appeared")
+            time.sleep(0.2)
+        raise AssertionError(f"no checkpoint {pattern} within {timeout} s")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+RESUME_PARAMS = ["experiment=smoke", "train.epochs=10", "tickets.cycle_rate=0.4", "tickets.cycle_epochs=1"]
+
+
+@pytest.mark.e2e
+def test_killed_in_warmup_and_in_tickets_then_rerun_gives_identical_outputs(tmp_path):
+    from test_pipeline import compose
+
+    repos = {}
+    for name in ("uninterrupted", "killed"):
+        repos[name] = make_repo(tmp_path / name)
+        compose(RESUME_PARAMS, repos[name] / "params.yaml")  # warmup 6 epochs, then 4 one-epoch cycles
+    run(repos["uninterrupted"], "dvc", "repro")
+    repo = repos["killed"]
+    _repro_until(repo, "warmup-*/state.safetensors")
+    _repro_until(repo, "tickets-*/state.safetensors")  # after the first cycle: ticket_01 is written
+    assert not (repo / "models/tickets").exists()
+    proc = run(repo, "dvc", "repro")
+    out = proc.stdout + proc.stderr
+    assert "warmup: resuming after epoch" not in out  # warmup finished in the second run
+    assert re.search(r"tickets: resuming after epoch (7|8|9)", out), out
+    assert lock_hashes(repo) == lock_hashes(repos["uninterrupted"])
+    assert not any((repo / ".cache/suptickets/resume").iterdir()), "checkpoints are removed when stages end"
