@@ -10,12 +10,16 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch.distributed
 from omegaconf import DictConfig, OmegaConf
+
+from suptickets import runtime
 
 from suptickets.artifacts import write_json, write_text
 from suptickets.config import ConfigError, validate
@@ -28,6 +32,7 @@ from suptickets.train import TrainingDiverged
 log = logging.getLogger("suptickets")
 HYDRA_DEFAULTS = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout",
                   "hydra/hydra_logging=disabled"]
+TRAINING_STAGES = ("dense", "sparse_baseline", "warmup", "tickets")
 EXPECTED_ERRORS = (ConfigError, DataError, ValidationFailed, TrainingDiverged, FileNotFoundError, ValueError)
 
 
@@ -68,6 +73,11 @@ class Stage:
             self.checkpoint.save(self._model, self._optimizer, {"epoch": row["epoch"], "step": row["step"],
                                                                 "history": self.history, "extra": self.extra()})
 
+    def save_model(self, path, model) -> None:
+        """Only rank 0 writes artifacts."""
+        if self.rank == 0:
+            runtime.save_model(path, model)
+
     def done(self) -> None:
         """The stage's outputs are written: its resume checkpoint is no longer needed."""
         if self.checkpoint is not None and self.rank == 0:
@@ -76,10 +86,14 @@ class Stage:
     def write_history(self, path: str | None = None, extra: tuple[str, ...] = ("val_loss",)) -> None:
         import pandas as pd
 
+        if self.rank != 0:
+            return
         df = validate_history(pd.DataFrame(self.history)[HISTORY_COLUMNS + list(extra)], extra=extra)
         write_text(path or f"plots/{self.name}.csv", df.to_csv(index=False, float_format="%.6g"))
 
     def write_metrics(self, metrics: dict, path: str | None = None) -> None:
+        if self.rank != 0:
+            return
         write_json(path or f"metrics/{self.name}.json", metrics)
         self.run.summary(metrics if all(not isinstance(v, dict) for v in metrics.values())
                          else _flatten(metrics))
@@ -108,13 +122,18 @@ def launch(main: Callable[[], None]) -> None:
 def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
     """Run `body` as stage `name`: validate the config, start W&B, report expected errors as
     one line each (exit 2) with nothing half-written."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", force=True)
     cfg = OmegaConf.to_container(dcfg, resolve=True)
     try:
         validate(cfg)
     except ConfigError as err:
         _fail(name, err)
-    rank = int(os.environ.get("RANK", "0"))
+    procs = cfg["launcher"]["nproc_per_node"]
+    if name in TRAINING_STAGES and procs > 1 and "WORLD_SIZE" not in os.environ:
+        # the same command, once per process, under PyTorch's own launcher (dvc.yaml stays the same)
+        sys.exit(subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                  f"--nproc_per_node={procs}", sys.argv[0], *sys.argv[1:]]))
     mode = None if os.environ.get("WANDB_MODE") else cfg["tracking"]["wandb"]["mode"]
     root = os.environ.get("DVC_ROOT") or os.getcwd()
     run = Run.start(stage=name, cfg=cfg, group=group_name(cfg), directory=root, mode=mode, rank=rank)
@@ -133,6 +152,8 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
         run.finish(exit_code=1)
         raise
     run.finish()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _interrupt(signum, frame) -> None:

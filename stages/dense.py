@@ -16,7 +16,7 @@ def run(s: Stage) -> None:
     start = s.resume(model, opt, ["data/prepared"])
     phases.dense(model, opt, data, cfg, epochs=cfg["train"]["epochs"], on_epoch=s.on_epoch,
                  start_epoch=start["epoch"], step=start["step"])
-    runtime.save_model("models/dense.safetensors", model)
+    s.save_model("models/dense.safetensors", model)
     s.write_history()
     last = s.history[-1]
     s.write_metrics({"val_acc": last["val_acc"], "train_loss": last["train_loss"], "epochs": last["epoch"]})

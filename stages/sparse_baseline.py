@@ -29,7 +29,7 @@ def train_sparse(s: Stage, epochs: int):
 
 def run(s: Stage) -> None:
     model, _, _, metrics = train_sparse(s, s.cfg["train"]["epochs"])
-    runtime.save_model("models/sparse_baseline.safetensors", model)
+    s.save_model("models/sparse_baseline.safetensors", model)
     s.write_history()
     s.write_metrics(metrics)
     s.done()

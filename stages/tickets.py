@@ -41,7 +41,7 @@ def run(s: Stage) -> None:
     def on_ticket(k: int, row: dict) -> None:
         nonlocal previous
         name = f"ticket_{k:02d}"
-        runtime.save_model(folder / f"{name}.safetensors", model)
+        s.save_model(folder / f"{name}.safetensors", model)
         current = [m.bool().clone().cpu() for m in masks_of(model).values()]
         per_ticket.append({"ticket": name, "epoch": row["epoch"], "val_acc": row["val_acc"],
                            "density": density_report(model)[0], "jaccard_prev": jaccard(previous, current)})
@@ -52,6 +52,8 @@ def run(s: Stage) -> None:
     phases.cycles(model, opt, data, cfg, first_epoch=warmup_epochs, n_tickets=n_tickets,
                   step=start["step"] or step, on_epoch=s.on_epoch, on_ticket=on_ticket, flops=flops,
                   start_epoch=start["epoch"] or warmup_epochs)
+    if s.rank != 0:
+        return
     tmp = OUT.parent / f".{OUT.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(folder, tmp)

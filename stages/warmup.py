@@ -13,8 +13,9 @@ def run(s: Stage) -> None:
     t = s.cfg["tickets"]
     warmup_epochs, _, _ = epoch_split(s.cfg["train"]["epochs"], t["cycle_rate"], t["cycle_epochs"])
     model, opt, step, metrics = train_sparse(s, warmup_epochs)
-    runtime.save_model("models/warmup.safetensors", model)
-    runtime.save_optimizer("models/warmup.optim.safetensors", model, opt, step)
+    s.save_model("models/warmup.safetensors", model)
+    if s.rank == 0:
+        runtime.save_optimizer("models/warmup.optim.safetensors", model, opt, step)
     s.write_history()
     s.write_metrics(metrics)
     s.done()

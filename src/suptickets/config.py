@@ -14,7 +14,7 @@ from .data import DATASETS
 from .models import MODEL_NAMES
 from .schedules import epoch_split
 
-SECTIONS = ("data", "model", "train", "dst", "tickets", "superpose", "tracking")
+SECTIONS = ("data", "model", "train", "dst", "tickets", "superpose", "tracking", "launcher")
 DST_METHODS = ("set", "rigl", "granet")
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
@@ -80,6 +80,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("tickets.re_explore_rate", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("superpose.cima_factor", lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
     ("superpose.bn_update", lambda v: isinstance(v, bool), "true or false"),
+    ("launcher.nproc_per_node", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("launcher.check_sync", lambda v: isinstance(v, bool), "true or false"),
 ]
 GRANET_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("dst.init_density", lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
@@ -119,6 +121,10 @@ def check(cfg: dict) -> list[str]:
             problems.append(f"{key}={value!r}: expected {allowed}")
     if problems:
         return problems
+    procs, batch = get(cfg, "launcher.nproc_per_node"), get(cfg, "train.batch_size")
+    if batch % procs:
+        problems.append(f"train.batch_size={batch!r}: the global batch must divide evenly over "
+                        f"launcher.nproc_per_node={procs!r} processes")
     if get(cfg, "tickets.lr_min") > get(cfg, "tickets.lr_max"):
         problems.append(f"tickets.lr_min={get(cfg, 'tickets.lr_min')!r}: must not exceed "
                         f"tickets.lr_max={get(cfg, 'tickets.lr_max')!r}")

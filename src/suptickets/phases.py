@@ -3,15 +3,19 @@ topology rules: dense, a DST phase (sparse_baseline, warmup), and the cycles tha
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .models import forward_flops
 from .schedules import multistep_lr, triangular_lr
 from .sparsity.engine import DST, GROW_RULE, Masked, init_masks, masks_of
 from .train import Batches, train_epochs
+
+log = logging.getLogger("suptickets")
 
 
 def step_lr(cfg: dict, epochs: int) -> Callable[[int, int], float]:
@@ -66,7 +70,7 @@ def sparse_phase(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dic
     if start_epoch == 0:
         init_masks(model, rule.initial_density, d["distribution"], d["keep_first_dense"],
                    torch.Generator().manual_seed(cfg["seed"]))
-    masked = Masked(model, optimizer)
+    masked = Masked(model, optimizer, check_ranks=cfg.get("launcher", {}).get("check_sync", False))
 
     def epoch_done(row):
         flops.add(spe)
@@ -77,6 +81,7 @@ def sparse_phase(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dic
                         on_grad=lambda step, epoch, i: rule.on_grad(masked, step),
                         on_epoch=epoch_done, stage=stage)
     rule.finish(masked)
+    report_rank_checks(stage, masked)
     return step
 
 
@@ -91,7 +96,7 @@ def cycles(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, 
     spe = len(data["train"])
     length = t["cycle_epochs"]
     cycle_steps = length * spe
-    masked = Masked(model, optimizer)
+    masked = Masked(model, optimizer, check_ranks=cfg.get("launcher", {}).get("check_sync", False))
 
     def index(epoch: int, i: int) -> tuple[int, int]:
         k, e = divmod(epoch - first_epoch, length)
@@ -115,6 +120,14 @@ def cycles(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, 
 
     last = first_epoch + n_tickets * length
     start = first_epoch if start_epoch is None else start_epoch
-    return train_epochs(model, optimizer, data["train"], data["val"], epochs=range(start, last),
+    step = train_epochs(model, optimizer, data["train"], data["val"], epochs=range(start, last),
                         step=step, lr_at=lr_at, masked=masked, on_grad=on_grad, on_epoch=epoch_done,
                         stage="tickets")
+    report_rank_checks("tickets", masked)
+    return step
+
+
+def report_rank_checks(stage: str, masked: Masked) -> None:
+    if masked.check_ranks and dist.get_rank() == 0:
+        log.info("%s: masks and weights identical on all %d ranks at each of %d topology updates", stage,
+                 dist.get_world_size(), masked.rank_checks)

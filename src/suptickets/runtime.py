@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .artifacts import load_tensors, model_tensors, save_tensors, state_from_file
@@ -16,9 +17,21 @@ from .sparsity.engine import attach_masks
 from .train import Batches, resolve_device
 
 
+def distributed() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) when not launched by it."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup(threads: int, device_name: str) -> torch.device:
-    """Fixed thread count and deterministic kernels, so a CPU run is bit-identical for a seed."""
+    """Fixed thread count and deterministic kernels, so a CPU run is bit-identical for a seed.
+    Under torchrun: joins the process group (NCCL on GPUs, gloo on CPU), one GPU per local rank."""
     device = resolve_device(device_name)
+    rank, world = distributed()
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     torch.set_num_threads(threads)
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -34,10 +47,12 @@ def load_batches(prepared: str | os.PathLike, cfg: dict, device: torch.device) -
     out = {}
     for name, (x, y) in splits.items():
         is_train = name == "train"
+        rank, world = distributed() if is_train else (0, 1)  # evaluation sees the whole split on every rank
         out[name] = Batches(x.to(device), y.to(device), mean, std,
                             batch_size=train_cfg["batch_size"] if is_train else train_cfg["eval_batch_size"],
                             shuffle=is_train, drop_last=is_train, seed=cfg["seed"],
-                            padding=aug["padding"] if is_train else 0, flip=aug["flip"] and is_train)
+                            padding=aug["padding"] if is_train else 0, flip=aug["flip"] and is_train,
+                            rank=rank, world_size=world)
     return out, summary
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
@@ -54,6 +55,8 @@ class Batches:
     seed: int = 0
     padding: int = 0
     flip: bool = False
+    rank: int = 0        # under DDP each rank takes its share of every (global) batch
+    world_size: int = 1
 
     def __len__(self) -> int:
         n = self.x.shape[0]
@@ -68,7 +71,9 @@ class Batches:
             idx = order[sl] if order is not None else sl
             xb, yb = self.x[idx], self.y[idx]
             if self.padding or self.flip:
-                xb = augment(xb, g, self.padding, self.flip)
+                xb = augment(xb, g, self.padding, self.flip)  # the whole batch, so every rank's RNG agrees
+            if self.world_size > 1:
+                xb, yb = xb[self.rank::self.world_size], yb[self.rank::self.world_size]
             yield normalize(xb, self.mean, self.std), yb
 
 
@@ -96,6 +101,22 @@ def evaluate(model: nn.Module, batches: Batches) -> tuple[float, float]:
     return score(*predict(model, batches))
 
 
+def wrap_ddp(model: nn.Module) -> nn.Module:
+    """The model wrapped in DistributedDataParallel when a process group is up (gradients are
+    all-reduced in backward, buffers such as masks broadcast from rank 0), else the model itself."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return model
+    device = next(model.parameters()).device
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -112,6 +133,7 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batc
     After each epoch `on_epoch(row)` gets the history row (epoch is 1-based).
     """
     device = train.x.device
+    net = wrap_ddp(model)
     for epoch in epochs:
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -125,7 +147,7 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batc
             lr = lr_at(epoch, i)
             set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
-            out = model(x)
+            out = net(x)
             loss = F.cross_entropy(out, y)
             loss.backward()
             if on_grad is not None:
@@ -141,12 +163,15 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batc
             correct += (out.detach().argmax(1) == y).sum()
             seen += y.shape[0]
             step += 1
+        totals = all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype),
+                                             torch.tensor(float(seen), device=device)]))
+        loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
         if int(bad_step) >= 0:
             raise TrainingDiverged(f"{stage}: training diverged (loss {loss_sum.item()}) at epoch {epoch + 1}, "
                                    f"step {int(bad_step)}; lower train.lr or tickets.lr_max")
         val_acc, val_loss = evaluate(model, val)
         row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": loss_sum.item() / seen,
-               "train_acc": correct.item() / seen, "val_acc": val_acc, "val_loss": val_loss,
+               "train_acc": round(correct.item()) / seen, "val_acc": val_acc, "val_loss": val_loss,
                "density": density_report(model)[0]}
         log.info("%s epoch %d/%d: loss %.4f train_acc %.4f val_acc %.4f lr %.5f density %.4f", stage,
                  row["epoch"], epochs.stop, row["train_loss"], row["train_acc"], val_acc, lr, row["density"])

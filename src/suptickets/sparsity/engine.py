@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..artifacts import MASK_BUFFER
@@ -72,12 +73,24 @@ def density_report(model: nn.Module) -> tuple[float, dict[str, float]]:
 class Masked:
     """Keeps masked weights, their gradients and momentum at exactly zero (the per-step work)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, check_ranks: bool = False):
         self.model, self.optimizer = model, optimizer
         modules = dict(model.named_modules())
         self.names = list(masks_of(model))
         self.masks = list(masks_of(model).values())
         self.weights = [modules[n.rsplit(".", 1)[0] if "." in n else ""].weight for n in self.names]
+        self.check_ranks = check_ranks and dist.is_available() and dist.is_initialized()
+        self.rank_checks = 0
+
+    @torch.no_grad()
+    def assert_ranks_agree(self) -> None:
+        """Under DDP: every rank must hold the same masks and weights (checked by exact sums)."""
+        local = torch.stack([t.double().sum() for pair in zip(self.masks, self.weights) for t in pair]).cpu()
+        gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, local)
+        if any(not torch.equal(g, gathered[0]) for g in gathered):
+            raise RuntimeError(f"rank {dist.get_rank()}: masks or weights differ between ranks after a topology update")
+        self.rank_checks += 1
 
     def mask_grads(self) -> None:
         grads = [w.grad for w in self.weights]
@@ -98,6 +111,8 @@ class Masked:
             buf = self.optimizer.state.get(w, {}).get("momentum_buffer")
             if buf is not None:
                 buf.mul_(keep)
+        if self.check_ranks:
+            self.assert_ranks_agree()
 
     def prune_and_regrow(self, rate: float, rule: str, generator: torch.Generator) -> None:
         """Per layer, move round(rate·active) weights: magnitude prune, regrow by `rule`."""
