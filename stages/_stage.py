@@ -16,18 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch.distributed
-from omegaconf import DictConfig, OmegaConf
+# This checkout's own package first: DVC's queued and temporary experiments run in a copy of the
+# repository, and must use the code of that copy, not whatever `pip install -e` points at.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from suptickets import runtime
+import torch.distributed  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from suptickets.artifacts import write_json, write_text
-from suptickets.config import ConfigError, validate
-from suptickets.data import DataError
-from suptickets.resume import Checkpoint
-from suptickets.schemas import HISTORY_COLUMNS, ValidationFailed, validate_history
-from suptickets.tracking import Run, config_hash
-from suptickets.train import TrainingDiverged
+from suptickets import runtime  # noqa: E402
+from suptickets.artifacts import write_json, write_text  # noqa: E402
+from suptickets.config import ConfigError, validate  # noqa: E402
+from suptickets.data import DataError  # noqa: E402
+from suptickets.resume import Checkpoint  # noqa: E402
+from suptickets.schemas import HISTORY_COLUMNS, ValidationFailed, validate_history  # noqa: E402
+from suptickets.tracking import Run, config_hash  # noqa: E402
+from suptickets.train import TrainingDiverged  # noqa: E402
 
 log = logging.getLogger("suptickets")
 HYDRA_DEFAULTS = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout",
