@@ -12,7 +12,7 @@ import yaml
 from conftest import ROOT, make_repo, run
 from suptickets.artifacts import load_tensors, state_from_file
 
-STAGES = ["prepare", "dense", "sparse_baseline", "warmup", "tickets", "superpose", "evaluate"]
+STAGES = ["prepare", "dense", "sparse_baseline", "warmup", "tickets", "superpose", "evaluate", "report"]
 pytestmark = pytest.mark.e2e
 
 
@@ -80,10 +80,10 @@ def test_wandb_offline_runs_exist_for_each_stage(smoke_repo):
         assert next(r.glob("*.wandb")).stat().st_size > 0
 
 
-def test_changing_a_superpose_param_reruns_only_superpose_and_evaluate(smoke_repo):
+def test_changing_a_superpose_param_reruns_only_superpose_evaluate_and_report(smoke_repo):
     proc = run(smoke_repo, "dvc", "exp", "run", "-S", "experiment=smoke", "-S", "superpose.method=cima")
     ran = re.findall(r"Running stage '(\w+)'", proc.stdout)
-    assert ran == ["superpose", "evaluate"], proc.stdout
+    assert ran == ["superpose", "evaluate", "report"], proc.stdout
 
 
 def test_queued_seed_sweep_gives_two_experiments(tmp_path):

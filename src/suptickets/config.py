@@ -27,6 +27,7 @@ CHOICES = {
     "superpose.reprune": ("each", "final"),
     "superpose.scope": ("global", "layerwise"),
     "tracking.wandb.mode": ("offline", "online", "disabled"),
+    "train.amp": ("none", "bf16"),
 }
 
 
@@ -65,6 +66,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.lr", lambda v: _number(v) and v > 0, "a number > 0"),
     ("train.momentum", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("train.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("train.channels_last", lambda v: isinstance(v, bool), "true or false"),
+    ("train.compile", lambda v: isinstance(v, bool), "true or false"),
     ("train.gamma", lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
     ("train.milestones", lambda v: isinstance(v, list) and all(_number(m) and 0 < m < 1 for m in v),
      "a list of fractions in (0, 1)"),

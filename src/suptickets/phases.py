@@ -13,7 +13,7 @@ from torch import nn
 from .models import forward_flops
 from .schedules import multistep_lr, triangular_lr
 from .sparsity.engine import DST, GROW_RULE, Masked, init_masks, masks_of
-from .train import Batches, train_epochs
+from .train import Batches, Speed, train_epochs
 
 log = logging.getLogger("suptickets")
 
@@ -26,7 +26,8 @@ def step_lr(cfg: dict, epochs: int) -> Callable[[int, int], float]:
 def dense(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, epochs: int,
           on_epoch: Callable[[dict], None], start_epoch: int = 0, step: int = 0) -> int:
     return train_epochs(model, optimizer, data["train"], data["val"], epochs=range(start_epoch, epochs),
-                        step=step, lr_at=step_lr(cfg, epochs), on_epoch=on_epoch, stage="dense")
+                        step=step, lr_at=step_lr(cfg, epochs), on_epoch=on_epoch, stage="dense",
+                        speed=Speed.from_config(cfg["train"]))
 
 
 class FlopsMeter:
@@ -79,7 +80,7 @@ def sparse_phase(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dic
     step = train_epochs(model, optimizer, data["train"], data["val"], epochs=range(start_epoch, epochs), step=step,
                         lr_at=step_lr(cfg, epochs), masked=masked,
                         on_grad=lambda step, epoch, i: rule.on_grad(masked, step),
-                        on_epoch=epoch_done, stage=stage)
+                        on_epoch=epoch_done, stage=stage, speed=Speed.from_config(cfg["train"]))
     rule.finish(masked)
     report_rank_checks(stage, masked)
     return step
@@ -122,7 +123,7 @@ def cycles(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, 
     start = first_epoch if start_epoch is None else start_epoch
     step = train_epochs(model, optimizer, data["train"], data["val"], epochs=range(start, last),
                         step=step, lr_at=lr_at, masked=masked, on_grad=on_grad, on_epoch=epoch_done,
-                        stage="tickets")
+                        stage="tickets", speed=Speed.from_config(cfg["train"]))
     report_rank_checks("tickets", masked)
     return step
 

@@ -61,7 +61,10 @@ def new_model(cfg: dict, summary: dict, device: torch.device) -> nn.Module:
     options = {k: v for k, v in cfg["model"].items() if k != "name"}
     torch.manual_seed(cfg["seed"])
     model = build_model(cfg["model"]["name"], tuple(summary["shape"]), summary["num_classes"], **options)
-    return model.to(device)
+    model = model.to(device)
+    if cfg["train"].get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def optimizer_for(model: nn.Module, train_cfg: dict) -> torch.optim.SGD:

@@ -101,6 +101,30 @@ def evaluate(model: nn.Module, batches: Batches) -> tuple[float, float]:
     return score(*predict(model, batches))
 
 
+@dataclass(frozen=True)
+class Speed:
+    """The training fast paths (`train.amp`, `train.channels_last`, `train.compile`); all off is the
+    plain fp32 path. Masks, gradients and the optimizer stay fp32 either way."""
+
+    amp: str = "none"  # none | bf16
+    channels_last: bool = False
+    compile: bool = False
+
+    @classmethod
+    def from_config(cls, train_cfg: dict) -> "Speed":
+        return cls(train_cfg.get("amp", "none"), train_cfg.get("channels_last", False), train_cfg.get("compile", False))
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16")
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def wrap(self, net: nn.Module) -> nn.Module:
+        """(The model itself is put in channels_last when it is built, before masks exist.)"""
+        return torch.compile(net) if self.compile else net
+
+
 def wrap_ddp(model: nn.Module) -> nn.Module:
     """The model wrapped in DistributedDataParallel when a process group is up (gradients are
     all-reduced in backward, buffers such as masks broadcast from rank 0), else the model itself."""
@@ -125,7 +149,8 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batches, val: Batches, *,
                  epochs: range, step: int, lr_at: Callable[[int, int], float],
                  masked: Masked | None = None, on_grad: Callable[[int, int, int], None] | None = None,
-                 on_epoch: Callable[[dict], None] | None = None, stage: str = "train") -> int:
+                 on_epoch: Callable[[dict], None] | None = None, stage: str = "train",
+                 speed: "Speed | None" = None) -> int:
     """Train over `epochs` (0-based, absolute), starting at global `step`; returns the final step.
 
     Per step: lr ← lr_at(epoch, i); forward; backward; `on_grad(step, epoch, i)` (topology
@@ -133,7 +158,8 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batc
     After each epoch `on_epoch(row)` gets the history row (epoch is 1-based).
     """
     device = train.x.device
-    net = wrap_ddp(model)
+    speed = speed or Speed()
+    net = speed.wrap(wrap_ddp(model))
     for epoch in epochs:
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -147,8 +173,9 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batc
             lr = lr_at(epoch, i)
             set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
-            out = net(x)
-            loss = F.cross_entropy(out, y)
+            with speed.autocast(x.device):
+                out = net(speed.layout(x))
+                loss = F.cross_entropy(out.float(), y)
             loss.backward()
             if on_grad is not None:
                 on_grad(step, epoch, i)

@@ -1,0 +1,135 @@
+"""Wall time of the DVC pipeline in a throwaway copy: `dvc repro` from a clean state, then a no-op
+`dvc repro` and `dvc status`.
+
+The copy holds the files `git ls-files --cached --others --exclude-standard` lists (no outputs, no
+DVC cache, no run cache), committed in a fresh git repo; params.yaml is then composed from params/
+with `experiment=<preset>` (default `smoke`, the whole DAG in well under a minute on 2 cores;
+`--experiment fashion_mnist` measures the default run, several minutes). Subprocesses get PATH with
+this project's .venv/bin first, PYTHONPATH=<copy>/src, WANDB_MODE=disabled, DVC_NO_ANALYTICS=1.
+The clean run happens once (it is the expensive part); the no-op repro and `dvc status` are repeated
+(`--noop-repeats`) and their median reported.
+
+    python benchmarks/pipeline.py
+    python benchmarks/pipeline.py --experiment fashion_mnist --json pipeline.json
+    python benchmarks/pipeline.py --cprofile      # cProfile of one no-op repro: top functions
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = ROOT / ".venv" / "bin"
+NOOP_TARGET_S = 5.0
+
+
+def project_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         check=True, capture_output=True, text=True).stdout.splitlines()
+    return [f for f in out if f and (ROOT / f).is_file()]
+
+
+def env_for(repo: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(repo / "src")
+    env["WANDB_MODE"] = "disabled"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "bench"
+    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "bench@example.invalid"
+    return env
+
+
+def run(repo: Path, *cmd: str) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(list(cmd), cwd=repo, env=env_for(repo), capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} exited {proc.returncode} after {dt:.1f} s:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return dt, proc
+
+
+def make_copy(dest: Path, experiment: str) -> None:
+    for f in project_files():
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, dest / f)
+    run(dest, "git", "init", "-q", "-b", "main")
+    run(dest, "git", "add", "-A")
+    run(dest, "git", "commit", "-q", "-m", "copy of the project")
+    from dvc.utils.hydra import compose_and_dump
+
+    compose_and_dump(str(dest / "params.yaml"), str(dest / "params"), None, "params", "", [f"experiment={experiment}"])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--experiment", default="smoke",
+                    help="params/experiment preset (default smoke; fashion_mnist measures the default run)")
+    ap.add_argument("--noop-repeats", type=int, default=3)
+    ap.add_argument("--cprofile", action="store_true", help="also profile one no-op repro and print its top functions")
+    ap.add_argument("--keep", action="store_true", help="keep the throwaway copy and print where it is")
+    ap.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
+    args = ap.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="suptickets-pipeline-"))
+    repo = tmp / "repo"
+    try:
+        t0 = time.perf_counter()
+        make_copy(repo, args.experiment)
+        setup_s = time.perf_counter() - t0
+        status_before, _ = run(repo, "dvc", "status")
+        clean_s, proc = run(repo, "dvc", "repro")
+        ran = [line for line in proc.stdout.splitlines() if line.startswith("Running stage")]
+        noop, status = [], []
+        for _ in range(args.noop_repeats):
+            dt, p = run(repo, "dvc", "repro")
+            noop.append(dt)
+            if "Running stage" in p.stdout:
+                sys.exit(f"the second dvc repro was not a no-op:\n{p.stdout[-2000:]}")
+            dt, p = run(repo, "dvc", "status")
+            status.append(dt)
+        up_to_date = "up to date" in p.stdout.lower()
+        noop_s, status_s = statistics.median(noop), statistics.median(status)
+        _, version = run(repo, "dvc", "--version")
+        print(f"dvc {version.stdout.strip()}, experiment={args.experiment}; copy of {len(project_files())} files "
+              f"made, committed and composed in {setup_s:.1f} s")
+        print(f"dvc status before the first run: {status_before:.2f} s")
+        print(f"dvc repro from a clean state: {clean_s:.1f} s ({len(ran)} stages ran)")
+        ok = "meets" if noop_s <= NOOP_TARGET_S else "MISSES"
+        print(f"dvc repro, no-op: {noop_s:.2f} s (all: {', '.join(f'{t:.2f}' for t in noop)}); "
+              f"target <= {NOOP_TARGET_S} s: {ok}")
+        print(f"dvc status: {status_s:.2f} s (all: {', '.join(f'{t:.2f}' for t in status)}); "
+              f"reports up to date: {up_to_date}")
+        if args.cprofile:
+            dump = tmp / "noop.prof"
+            run(repo, "dvc", "repro", "--cprofile-dump", str(dump))
+            out = io.StringIO()
+            pstats.Stats(str(dump), stream=out).sort_stats("cumulative").print_stats(25)
+            print(out.getvalue())
+        if args.json:
+            args.json.write_text(json.dumps({
+                "experiment": args.experiment, "clean_repro_s": clean_s, "stages_ran": len(ran),
+                "noop_repro_s": noop_s, "noop_repro_all_s": noop, "status_s": status_s, "status_all_s": status,
+                "status_before_s": status_before, "setup_s": setup_s, "noop_target_s": NOOP_TARGET_S,
+                "meets_target": noop_s <= NOOP_TARGET_S}, indent=2) + "\n")
+    finally:
+        if args.keep:
+            print(f"kept: {repo}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

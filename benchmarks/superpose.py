@@ -1,0 +1,158 @@
+"""Time of superposing M tickets of CIFAR ResNet-50 (`suptickets.superpose.superpose_steps`) against a
+straightforward baseline.
+
+T0..TM are random-weight state dicts of `build_model("resnet50", (3, 32, 32), 100)`, each with its own
+random masks at density 0.05 (ERK, exact counts, `init_masks`), weights outside the mask exactly zero,
+as `artifacts.state_from_file` returns them: masked_keys are the Conv2d / Linear weight names and the
+budget is T0's per-layer counts. Timed: `list(superpose_steps(...))` with CAA, re-prune after each
+ticket, global scope (no BN recalibration, no file I/O). The baseline does the same per step with the
+obvious code: the same averaging formula, then `torch.topk(torch.cat([t.abs().flatten() ...]), k,
+sorted=True)` over the concatenation, ties at the threshold broken by the lower position as the
+project does. Both sides alternate (order swapped every repeat) after a warm-up; medians reported;
+both must give identical masks.
+
+    python benchmarks/superpose.py
+    python benchmarks/superpose.py --tickets 4 --repeats 5 --json superpose.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+TARGET_S = 3.0
+
+
+def baseline_topk_masks(tensors: Sequence[Tensor], k: int) -> list[Tensor]:
+    """Masks of the k largest |values| over all tensors: one sorted torch.topk over the concatenation.
+
+    Ties at the k-th value: the entries strictly above it, then the tied ones in order of position in
+    the concatenation (earlier first), so the result is deterministic and comparable with
+    `masks.global_topk_masks`.
+    """
+    tensors = list(tensors)
+    flat = torch.cat([t.detach().abs().flatten() for t in tensors])
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    if k > 0:
+        values = torch.topk(flat, k, sorted=True).values
+        kth = values[k - 1]
+        keep = flat > kth
+        missing = k - int(keep.sum())
+        if missing > 0:
+            keep[torch.nonzero(flat == kth).flatten()[:missing]] = True
+    return [m.view(t.shape) for m, t in zip(torch.split(keep, [t.numel() for t in tensors]), tensors)]
+
+
+def baseline_steps(states, *, masked_keys, counts, reprune_each: bool = True):
+    """CAA superposition with a re-prune after each ticket (global), the straightforward way."""
+    states = iter(states)
+    running = next(states)
+    budget = sum(counts)
+    out = []
+    for k, ticket in enumerate(states, start=1):
+        w = 1.0 / (k + 1)
+        averaged = {}
+        for key, b in ticket.items():
+            a = running[key]
+            averaged[key] = a * (1.0 - w) + b * w if b.is_floating_point() else b.clone()
+        masks = baseline_topk_masks([averaged[key] for key in masked_keys], budget)
+        pruned = dict(averaged)
+        for key, m in zip(masked_keys, masks):
+            pruned[key] = averaged[key].masked_fill(~m, 0)
+        running = pruned if reprune_each else averaged
+        out.append((k, pruned, dict(zip(masked_keys, masks))))
+    return out
+
+
+def make_tickets(n: int, density: float, seed: int):
+    """n random-weight ResNet-50 states with their own random masks; (states, masked_keys, counts)."""
+    from suptickets.artifacts import model_tensors, state_from_file
+    from suptickets.models import build_model
+    from suptickets.sparsity.engine import init_masks
+
+    states, keys, counts = [], None, None
+    for i in range(n):
+        torch.manual_seed(seed + i)
+        model = build_model("resnet50", (3, 32, 32), 100)
+        with torch.no_grad():
+            for name, t in model.state_dict().items():
+                if t.is_floating_point() and "running_var" not in name:
+                    t.normal_(0, 0.05)
+        init_masks(model, density, "erk", False, torch.Generator().manual_seed(seed + i))
+        state, masks = state_from_file(model_tensors(model.state_dict()))
+        if keys is None:
+            keys, counts = list(masks), [int(m.sum()) for m in masks.values()]
+        states.append(state)
+    return states, keys, counts
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tickets", type=int, default=4, help="M: tickets after T0 (default 4)")
+    ap.add_argument("--density", type=float, default=0.05)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from suptickets.superpose import superpose_steps
+
+    t0 = time.perf_counter()
+    states, keys, counts = make_tickets(args.tickets + 1, args.density, seed=0)
+    n_masked = sum(states[0][k].numel() for k in keys)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ResNet-50 (CIFAR-100): "
+          f"{len(keys)} masked tensors, {n_masked:,} weights, budget {sum(counts):,} "
+          f"({sum(counts) / n_masked:.4f}); T0 + {args.tickets} tickets built in {time.perf_counter() - t0:.1f} s")
+
+    def project():
+        return list(superpose_steps(states, method="caa", cima_factor=0.5, reprune_mode="each",
+                                    masked_keys=keys, counts=counts, scope="global"))
+
+    def baseline():
+        return baseline_steps(states, masked_keys=keys, counts=counts)
+
+    for _ in range(args.warmup):
+        a, b = project(), baseline()
+    same = all(torch.equal(a_m[key], b_m[key]) and torch.equal(a_s[key], b_s[key])
+               for (_, a_s, a_m), (_, b_s, b_m) in zip(a, b) for key in keys)
+    del a, b
+    p_times, b_times = [], []
+    for r in range(args.repeats):
+        order = [(project, p_times), (baseline, b_times)]
+        for fn, out in (order if r % 2 == 0 else order[::-1]):
+            t = time.perf_counter()
+            res = fn()
+            out.append(time.perf_counter() - t)
+            del res
+    p, b = median(p_times), median(b_times)
+    ok = "meets" if p <= TARGET_S else "MISSES"
+    print(f"superpose_steps (caa, reprune each, global), M={args.tickets}: {p:.3f} s "
+          f"(all: {', '.join(f'{t:.2f}' for t in p_times)}); target <= {TARGET_S} s: {ok}")
+    print(f"baseline (cat + sorted topk per step):            {b:.3f} s "
+          f"(all: {', '.join(f'{t:.2f}' for t in b_times)})")
+    print(f"speed-up baseline/project: {b / p:.2f}x; identical masks and weights: {same}")
+    print(f"total {time.perf_counter() - t0:.1f} s")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "threads": args.threads, "torch": torch.__version__, "tickets": args.tickets, "density": args.density,
+            "masked_weights": n_masked, "budget": sum(counts), "project_s": p, "baseline_s": b,
+            "project_all_s": p_times, "baseline_all_s": b_times, "speedup": b / p, "identical": same,
+            "target_s": TARGET_S, "meets_target": p <= TARGET_S}, indent=2) + "\n")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""report: figures of the run (plots/*.png) and reports/summary.md, from the histories, the
+evaluation and the model files' masks; in W&B the evaluation table, the figures, the final numbers,
+and each model file as an artifact by reference (never uploaded)."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import hydra
+import yaml
+from _stage import Stage, launch, stage
+from omegaconf import DictConfig
+
+from suptickets import report
+from suptickets.artifacts import load_tensors, read_json, state_from_file, write_text
+
+HISTORIES = ["dense", "sparse_baseline", "warmup", "tickets"]
+FIGURES, SUMMARY = Path("plots"), Path("reports/summary.md")
+
+
+def masks(path: Path) -> dict:
+    return state_from_file(load_tensors(path))[1]
+
+
+def model_files() -> dict[str, Path]:
+    paths = {n: Path(f"models/{n}.safetensors") for n in ("dense", "sparse_baseline", "warmup")}
+    paths.update({p.stem: p for p in sorted(Path("models/tickets").glob("ticket_*.safetensors"))})
+    paths["superposed"] = Path("models/superposed.safetensors")
+    return {n: p for n, p in paths.items() if p.is_file()}
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dvc_hashes(path: Path, lock: dict) -> dict:
+    """What dvc.lock says about the output holding `path` (a file out, or a folder out such as
+    models/tickets, whose per-file hashes come from the .dir listing in the local DVC cache)."""
+    md5 = _md5(path)
+    meta = {"md5": md5, "size": path.stat().st_size}
+    for out in (o for s in lock.get("stages", {}).values() for o in s.get("outs", [])):
+        if out["path"] == path.as_posix():
+            return {**meta, "dvc_out": out["path"], "dvc_md5": out.get("md5"), "dvc_lock_matches": out.get("md5") == md5}
+        if path.as_posix().startswith(out["path"].rstrip("/") + "/"):
+            meta.update({"dvc_out": out["path"], "dvc_md5": out.get("md5")})
+            digest = str(out.get("md5", ""))
+            listing = Path(".dvc/cache/files/md5") / digest[:2] / digest[2:]
+            if digest.endswith(".dir") and listing.is_file():
+                rel = path.as_posix()[len(out["path"].rstrip("/")) + 1:]
+                entry = next((e for e in json.loads(listing.read_text()) if e.get("relpath") == rel), None)
+                meta["dvc_lock_matches"] = entry is not None and entry.get("md5") == md5
+            return meta
+    return meta
+
+
+def run(s: Stage) -> None:
+    cfg = s.cfg
+    histories = {n: report.read_history(f"plots/{n}.csv") for n in HISTORIES}
+    evaluate = read_json("metrics/evaluate.json")
+    files = model_files()
+    tickets = [masks(p) for n, p in files.items() if n.startswith("ticket_")]
+    if "warmup" not in files or "superposed" not in files or not tickets:
+        raise FileNotFoundError("models/: the report needs warmup.safetensors, tickets/ticket_*.safetensors "
+                                "and superposed.safetensors")
+    per_step = report.lr_per_step(cfg, histories["warmup"], histories["tickets"])
+    for line in report.lr_mismatches(per_step, [histories["warmup"], histories["tickets"]]):
+        print(f"report: warning: the rebuilt lr differs from the logged one at {line}")
+    figures = report.write_figures(cfg, histories, evaluate,
+                                   {"warmup": masks(files["warmup"]), "tickets": tickets,
+                                    "superposed": masks(files["superposed"])}, FIGURES)
+    write_text(SUMMARY, report.summary_markdown(cfg, evaluate, figures, base=SUMMARY.parent))
+
+    rows = report.evaluation_rows(evaluate)
+    final = {f"test_acc.{r['model']}": r["test_acc"] for r in rows}
+    final.update({f"density.{r['model']}": r["density"] for r in rows if r["density"] is not None})
+    final.update({f"gain.{k}": v for k, v in evaluate.get("gain", {}).items()})
+    acc = evaluate["test_acc"]
+    if "superposed" in acc and "sparse_baseline" in acc:
+        final["superposed_beats_sparse_baseline"] = acc["superposed"] > acc["sparse_baseline"]
+    wb = s.run._run  # the wandb run, or None when tracking is off
+    if wb is not None:
+        lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").is_file() else {}
+        by_model = {r["model"]: r for r in rows}
+        models = [{"name": n, "path": p,
+                   "metadata": {**dvc_hashes(p, lock or {}), "path": p.as_posix(),
+                                "test_acc": by_model.get(n, {}).get("test_acc"),
+                                "density": by_model.get(n, {}).get("density")}}
+                  for n, p in files.items()]
+        report.log_to_wandb(wb, rows, figures, final, models)
+    print(f"report: {SUMMARY} and {', '.join(str(p) for p in figures.values())}")
+    print(f"report: {report.verdict(evaluate, cfg['seed'])}")
+
+
+@hydra.main(version_base="1.3", config_path="../params", config_name="params")
+def main(cfg: DictConfig) -> None:
+    stage("report", run, cfg)
+
+
+if __name__ == "__main__":
+    launch(main)
