@@ -30,6 +30,7 @@ they are not installed.
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import importlib.util
 import json
 import statistics
@@ -61,6 +62,7 @@ def stub_missing_modules() -> list[str]:
 
     def module(name):
         mod = types.ModuleType(name)
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
         mod.__path__ = []  # a package, so `from safetensors.torch import ...` resolves
 
         def getattr_(attr):
@@ -111,6 +113,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
+    import torchvision  # noqa: F401  (imports torch._dynamo, which probes installed packages)
 
     stubbed = stub_missing_modules()
 

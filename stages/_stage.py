@@ -71,7 +71,7 @@ class Stage:
 
     def on_epoch(self, row: dict) -> None:
         self.history.append(row)
-        self.run.log({f"{self.name}/{k}" if k not in ("epoch", "step") else k: v for k, v in row.items()})
+        self.run.log(row)  # the same metric names in every stage, so W&B panels overlay the runs
         if self.checkpoint is not None and self.rank == 0:
             self.checkpoint.save(self._model, self._optimizer, {"epoch": row["epoch"], "step": row["step"],
                                                                 "history": self.history, "extra": self.extra()})
@@ -126,7 +126,9 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
     """Run `body` as stage `name`: validate the config, start W&B, report expected errors as
     one line each (exit 2) with nothing half-written."""
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", force=True)
+    queued = os.environ.get("DVC_ROOT") and Path(os.environ["DVC_ROOT"]).resolve() != Path.cwd().resolve()
+    quiet = rank != 0 or queued  # other ranks, and DVC's queued / temporary experiments, log warnings only
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
     cfg = OmegaConf.to_container(dcfg, resolve=True)
     try:
         validate(cfg)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import hydra
-from _stage import Stage, launch, stage
+from _stage import Stage, launch, log, stage
 from omegaconf import DictConfig
 
 from suptickets import runtime
@@ -71,7 +71,11 @@ def run(s: Stage) -> None:
     s.write_metrics(metrics)
     for r in rows:
         density = "" if r["density"] is None else f"  density {r['density']:.4f}"
-        print(f"evaluate: {r['model']:<16} test_acc {r['test_acc']:.4f}{density}")
+        log.info(f"evaluate: {r['model']:<16} test_acc {r['test_acc']:.4f}{density}")
+    if "superposed" in acc and "sparse_baseline" in acc:
+        gain = 100 * metrics["gain"]["vs_sparse_baseline"]
+        log.info(f"superposed {acc['superposed']:.4f} vs sparse_baseline {acc['sparse_baseline']:.4f} "
+                 f"({gain:+.2f} pts) at density {metrics['density']['superposed']:.3f}")
 
 
 @hydra.main(version_base="1.3", config_path="../params", config_name="params")

@@ -5,7 +5,7 @@ import tempfile
 from pathlib import Path
 
 import hydra
-from _stage import Stage, launch, stage
+from _stage import Stage, launch, log, stage
 from omegaconf import DictConfig
 
 from suptickets.data import load_raw, prepare_splits, save_prepared, summarize
@@ -31,7 +31,7 @@ def run(s: Stage) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     s.run.summary({f"{k}_size": v["size"] for k, v in summary["splits"].items()})
-    print(f"prepare: {d['name']} train {len(splits['train'][1])}, val {len(splits['val'][1])}, "
+    log.info(f"prepare: {d['name']} train {len(splits['train'][1])}, val {len(splits['val'][1])}, "
           f"test {len(splits['test'][1])} images of shape {list(shape)}")
 
 

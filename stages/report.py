@@ -8,7 +8,7 @@ from pathlib import Path
 
 import hydra
 import yaml
-from _stage import Stage, launch, stage
+from _stage import Stage, launch, log, stage
 from omegaconf import DictConfig
 
 from suptickets import report
@@ -68,7 +68,7 @@ def run(s: Stage) -> None:
                                 "and superposed.safetensors")
     per_step = report.lr_per_step(cfg, histories["warmup"], histories["tickets"])
     for line in report.lr_mismatches(per_step, [histories["warmup"], histories["tickets"]]):
-        print(f"report: warning: the rebuilt lr differs from the logged one at {line}")
+        log.info(f"report: warning: the rebuilt lr differs from the logged one at {line}")
     figures = report.write_figures(cfg, histories, evaluate,
                                    {"warmup": masks(files["warmup"]), "tickets": tickets,
                                     "superposed": masks(files["superposed"])}, FIGURES)
@@ -91,8 +91,8 @@ def run(s: Stage) -> None:
                                 "density": by_model.get(n, {}).get("density")}}
                   for n, p in files.items()]
         report.log_to_wandb(wb, rows, figures, final, models)
-    print(f"report: {SUMMARY} and {', '.join(str(p) for p in figures.values())}")
-    print(f"report: {report.verdict(evaluate, cfg['seed'])}")
+    log.info(f"report: {SUMMARY} and {', '.join(str(p) for p in figures.values())}")
+    log.info(f"report: {report.verdict(evaluate, cfg['seed'])}")
 
 
 @hydra.main(version_base="1.3", config_path="../params", config_name="params")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import hydra
-from _stage import Stage, launch, stage
+from _stage import Stage, launch, log, stage
 from omegaconf import DictConfig
 from torch.optim.swa_utils import update_bn
 
@@ -50,7 +50,7 @@ def run(s: Stage) -> None:
     write_text("plots/superpose.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))
     s.write_metrics({"val_acc": rows[-1]["val_acc"], "density": rows[-1]["density"], "budget": sum(counts),
                      "steps": {f"S_{r['k']:02d}": r["val_acc"] for r in rows}})
-    print(f"superpose: {len(files) - 1} tickets + T0 -> val_acc {rows[-1]['val_acc']:.4f} "
+    log.info(f"superpose: {len(files) - 1} tickets + T0 -> val_acc {rows[-1]['val_acc']:.4f} "
           f"at density {rows[-1]['density']:.4f}")
 
 

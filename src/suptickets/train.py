@@ -190,6 +190,8 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batc
             correct += (out.detach().argmax(1) == y).sum()
             seen += y.shape[0]
             step += 1
+            if not bar.disable and i % 50 == 0:  # only on a terminal: reading the loss syncs the device
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.4g}")
         totals = all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype),
                                              torch.tensor(float(seen), device=device)]))
         loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())

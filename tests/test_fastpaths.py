@@ -1,0 +1,254 @@
+"""The fast paths against plain reference code, on CPU: foreach masking (`Masked`), training with it,
+the exact global top-k used by superposition, and the GPU benchmark's dry run."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from suptickets.models import build_model
+from suptickets.sparsity.engine import Masked, init_masks, masks_of
+from suptickets.sparsity.masks import global_topk_masks
+from suptickets.superpose import superpose_steps
+from suptickets.train import Batches, train_epochs
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def masked_model(name: str, shape, seed: int = 0, density: float = 0.1):
+    torch.manual_seed(seed)
+    model = build_model(name, shape, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    init_masks(model, density, "erk", False, torch.Generator().manual_seed(seed))
+    return model, opt
+
+
+def per_layer(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, mask) pairs found independently of Masked: the modules' own buffers."""
+    modules = dict(model.named_modules())
+    return [(modules[n.rsplit(".", 1)[0]].weight, m) for n, m in masks_of(model).items()]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One CPU thread: small ops are faster, and timing-free results do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# (a) ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,shape,channels_last", [("mlp", (1, 28, 28), False),
+                                                      ("resnet32", (3, 8, 8), False),
+                                                      ("resnet32", (3, 8, 8), True)])
+def test_foreach_mask_grads_and_apply_equal_a_per_layer_loop(name, shape, channels_last):
+    model, opt = masked_model(name, shape)
+    # dense-looking weights and gradients, so the masks really have something to zero
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(4, *shape)
+    F.cross_entropy(model(x), torch.arange(4)).backward()
+    ref = copy.deepcopy(model)
+    for p, rp in zip(model.parameters(), ref.parameters()):
+        rp.grad = p.grad.clone(memory_format=torch.preserve_format)
+
+    Masked(model, opt).mask_grads()
+    for w, m in per_layer(ref):
+        w.grad.mul_(m)
+    pairs = list(zip(per_layer(model), per_layer(ref)))
+    assert pairs
+    for (w, m), (rw, _) in pairs:
+        assert torch.equal(w.grad, rw.grad)
+        assert bool((w.grad[m == 0] == 0).all())
+        assert w.grad.stride() == rw.grad.stride()
+
+    Masked(model, opt).apply()
+    with torch.no_grad():
+        for w, m in per_layer(ref):
+            w.mul_(m)
+    for (w, m), (rw, _) in pairs:
+        assert torch.equal(w, rw)
+        assert bool((w[m == 0] == 0).all())
+    # every other parameter and buffer untouched and identical
+    for (k, v), (_, rv) in zip(model.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(v, rv), k
+
+
+def test_mask_grads_skips_when_a_gradient_is_missing():
+    model, opt = masked_model("mlp", (1, 28, 28))
+    masked = Masked(model, opt)
+    masked.mask_grads()  # no backward yet: nothing to mask, no error
+    assert all(w.grad is None for w in masked.weights)
+
+
+# (b) ------------------------------------------------------------------------------------------
+
+def toy_batches(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    x = (torch.rand((n, 1, 28, 28), generator=g) * 100 + y.view(-1, 1, 1, 1) * 15).to(torch.uint8)
+    train = Batches(x, y, [0.3], [0.3], batch_size=32, shuffle=True, drop_last=True, seed=seed)
+    val = Batches(x[:32], y[:32], [0.3], [0.3], batch_size=32)
+    return train, val
+
+
+def test_training_with_masked_matches_a_plain_per_layer_loop():
+    model, opt = masked_model("mlp", (1, 28, 28), density=0.05)
+    ref = copy.deepcopy(model)
+    initial = copy.deepcopy(model.state_dict())
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    train, val = toy_batches()
+    epochs, lr = 2, 0.05
+
+    train_epochs(model, opt, train, val, epochs=range(epochs), step=0, lr_at=lambda e, i: lr,
+                 masked=Masked(model, opt), stage="test")
+
+    pairs = per_layer(ref)
+    ref.train()
+    for epoch in range(epochs):
+        for x, y in train.epoch(epoch):
+            ref_opt.zero_grad(set_to_none=True)
+            F.cross_entropy(ref(x), y).backward()
+            for w, m in pairs:
+                w.grad.mul_(m)
+            ref_opt.step()
+            with torch.no_grad():
+                for w, m in pairs:
+                    w.mul_(m)
+
+    for (k, v), (rk, rv) in zip(model.state_dict().items(), ref.state_dict().items()):
+        assert k == rk
+        if v.is_floating_point():
+            assert torch.allclose(v, rv, rtol=0, atol=1e-6), k  # bit-identical in practice
+        else:
+            assert torch.equal(v, rv), k
+    for w, m in per_layer(model):
+        off = m == 0
+        assert int(off.sum()) > 0
+        assert bool((w[off] == 0).all())  # exactly zero, not just small
+        assert bool((opt.state[w]["momentum_buffer"][off] == 0).all())
+    # training did something
+    assert not torch.equal(model.state_dict()["net.1.weight"], initial["net.1.weight"])
+
+
+# (c) ------------------------------------------------------------------------------------------
+
+def tie_tensors(sizes, levels, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(-levels, levels + 1, s, generator=g).float() * 0.25 for s in sizes]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_global_topk_masks_equals_sorted_topk_baseline_with_ties(seed):
+    baseline = load_bench("superpose").baseline_topk_masks
+    tensors = tie_tensors([(7, 5), (3, 3, 2, 2), (11,), (40, 9)], levels=4, seed=seed)
+    total = sum(t.numel() for t in tensors)
+    flat = torch.cat([t.abs().flatten() for t in tensors])
+    # every k, including 0, all, and thresholds that fall inside a run of ties
+    for k in range(total + 1):
+        got, want = global_topk_masks(tensors, k), baseline(tensors, k)
+        assert [g.shape for g in got] == [t.shape for t in tensors]
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), k
+        assert sum(int(g.sum()) for g in got) == k
+    assert flat.unique().numel() < total // 10  # heavy ties indeed
+
+
+def test_global_topk_masks_equals_baseline_on_the_sampled_path():
+    # > 2**20 entries: global_topk_masks brackets the threshold from a sample first
+    baseline = load_bench("superpose").baseline_topk_masks
+    g = torch.Generator().manual_seed(3)
+    tensors = [torch.randint(-300, 301, s, generator=g).float() for s in [(1024, 1024), (300, 700), (4096,)]]
+    tensors.append(torch.randn(200, 1000, generator=g))
+    for k in (1, 12_345, 65_536, 250_000, 900_000):
+        got, want = global_topk_masks(tensors, k), baseline(tensors, k)
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), k
+
+
+def test_superpose_steps_equals_the_baseline_superposition():
+    bench = load_bench("superpose")
+    states, keys = [], None
+    for i in range(4):
+        model, _ = masked_model("resnet32", (3, 8, 8), seed=i, density=0.05)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.1)
+            for w, m in per_layer(model):
+                w.mul_(m)
+        sd = {k: v for k, v in model.state_dict().items() if not k.endswith("weight_mask")}
+        states.append(sd)
+        if keys is None:
+            keys = list(masks_of(model))
+            counts = [int(m.sum()) for m in masks_of(model).values()]
+    got = list(superpose_steps(states, method="caa", cima_factor=0.5, reprune_mode="each",
+                               masked_keys=keys, counts=counts, scope="global"))
+    want = bench.baseline_steps(states, masked_keys=keys, counts=counts)
+    assert len(got) == len(want) == 3
+    for (k, s, m), (bk, bs, bm) in zip(got, want):
+        assert k == bk
+        assert all(torch.equal(m[key], bm[key]) for key in keys)
+        assert all(torch.equal(s[key], bs[key]) for key in s)
+        assert sum(int(m[key].sum()) for key in keys) == sum(counts)
+
+
+# (d) ------------------------------------------------------------------------------------------
+
+# Runs a script as on the GPU machine, where these packages are not installed: the import system is
+# made to not find them (importlib.util.find_spec returns None, import raises ModuleNotFoundError).
+HIDE_PACKAGES = textwrap.dedent("""
+    import runpy, sys
+    HIDDEN = {"pandas", "pandera", "hydra", "omegaconf", "dvc", "wandb", "tqdm", "safetensors", "yaml"}
+    class Hide:
+        def __init__(self, inner):
+            self.inner = inner
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in HIDDEN:
+                return None
+            find = getattr(self.inner, "find_spec", None)
+            return find(name, path, target) if find else None
+        def __getattr__(self, attr):
+            return getattr(self.inner, attr)
+    sys.meta_path[:] = [Hide(f) for f in sys.meta_path]
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+""")
+
+
+def test_gpu_throughput_dry_run_on_cpu_without_the_pipeline_packages():
+    script = str(BENCH / "gpu_throughput.py")
+    proc = subprocess.run([sys.executable, "-c", HIDE_PACKAGES, script, "--dry-run", "--models", "resnet32",
+                           "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "device: CPU (dry run)" in out
+    assert "replaced by inert stand-ins: pandas, safetensors, tqdm" in out
+    assert "masks exact: True" in out
+    assert "GPU-resident/DataLoader" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
+def test_gpu_throughput_without_cuda_says_so():
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_throughput.py")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "CUDA is not available" in proc.stderr
