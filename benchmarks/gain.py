@@ -6,6 +6,7 @@ sparse_baseline with its 95% confidence interval (Student t over seeds).
 
     python benchmarks/gain.py                                  # 5 seeds x densities 0.05, 0.02, RigL
     python benchmarks/gain.py --seeds 3 --densities 0.05 -S train.epochs=10 --json gain.json
+    python benchmarks/gain.py --collect-only            # tabulate the experiments of an earlier run
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def queue(names: dict[str, list[str]], jobs: int) -> None:
 
 
 def results(names: list[str]) -> dict[str, dict]:
-    shown = json.loads(dvc("exp", "show", "--json"))
+    shown = json.loads(dvc("exp", "show", "--json", "--all-commits"))  # HEAD may have moved on meanwhile
     out = {}
     for commit in shown:
         for exp in commit.get("experiments") or []:
@@ -92,10 +93,12 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=1, help="queue workers (dvc queue start -j)")
     ap.add_argument("--prefix", default="gain")
     ap.add_argument("--json", help="also write the table as JSON here")
+    ap.add_argument("--collect-only", action="store_true", help="do not run; tabulate existing experiments")
     args = ap.parse_args()
     runs = {f"{args.prefix}-d{d:g}-s{s}": [f"dst={args.method}", f"dst.density={d}", f"seed={s}", *args.overrides]
             for d in args.densities for s in range(args.seeds)}
-    queue(runs, args.jobs)
+    if not args.collect_only:
+        queue(runs, args.jobs)
     found = results(list(runs))
     missing = sorted(set(runs) - set(found))
     if missing:

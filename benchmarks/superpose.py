@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -99,6 +100,14 @@ def median(xs):
     return statistics.median(xs)
 
 
+def busy_warning(threads: int) -> None:
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores - 0.5:
+        hint = " (OpenMP threads wait for each other); --threads 1 is steadier" if threads > 1 else ""
+        print(f"warning: load average {load:.1f} on {cores} cores: other processes compete for the CPU, "
+              f"so timings are noisy{hint}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tickets", type=int, default=4, help="M: tickets after T0 (default 4)")
@@ -110,6 +119,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from suptickets.superpose import superpose_steps
+
+    busy_warning(args.threads)
 
     t0 = time.perf_counter()
     states, keys, counts = make_tickets(args.tickets + 1, args.density, seed=0)
