@@ -102,7 +102,8 @@ def main(argv=None) -> int:
         up_to_date = "up to date" in p.stdout.lower()
         noop_s, status_s = statistics.median(noop), statistics.median(status)
         _, version = run(repo, "dvc", "--version")
-        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+              f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
         print(f"dvc {version.stdout.strip()}, experiment={args.experiment}; copy of {len(project_files())} files "
               f"made, committed and composed in {setup_s:.1f} s")
         print(f"dvc status before the first run: {status_before:.2f} s")

@@ -58,7 +58,8 @@ def median(xs):
 def busy_warning(threads: int) -> None:
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load > cores - 0.5:
-        hint = " (OpenMP threads wait for each other); --threads 1 is steadier" if threads > 1 else ""
+        hint = (" (OpenMP threads spin-wait for each other); OMP_WAIT_POLICY=PASSIVE in the environment "
+                "or --threads 1 is steadier") if threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE" else ""
         print(f"warning: load average {load:.1f} on {cores} cores: other processes compete for the CPU, "
               f"so timings are noisy{hint}")
 
@@ -278,7 +279,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)  # as runtime.setup does for the stages
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, RigL density {args.density} ERK, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads "
+          f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), RigL density {args.density} ERK, "
           f"update every {args.update_frequency} steps")
     busy_warning(args.threads)
     if args.profile:

@@ -103,7 +103,8 @@ def median(xs):
 def busy_warning(threads: int) -> None:
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load > cores - 0.5:
-        hint = " (OpenMP threads wait for each other); --threads 1 is steadier" if threads > 1 else ""
+        hint = (" (OpenMP threads spin-wait for each other); OMP_WAIT_POLICY=PASSIVE in the environment "
+                "or --threads 1 is steadier") if threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE" else ""
         print(f"warning: load average {load:.1f} on {cores} cores: other processes compete for the CPU, "
               f"so timings are noisy{hint}")
 
@@ -125,7 +126,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     states, keys, counts = make_tickets(args.tickets + 1, args.density, seed=0)
     n_masked = sum(states[0][k].numel() for k in keys)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ResNet-50 (CIFAR-100): "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads "
+          f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}); ResNet-50 (CIFAR-100): "
           f"{len(keys)} masked tensors, {n_masked:,} weights, budget {sum(counts):,} "
           f"({sum(counts) / n_masked:.4f}); T0 + {args.tickets} tickets built in {time.perf_counter() - t0:.1f} s")
 

@@ -48,7 +48,12 @@ def run(s: Stage) -> None:
         s.run.log({"superpose/val_acc": val_acc, "superpose/k": k})
     runtime.save_model("models/superposed.safetensors", model)
     write_text("plots/superpose.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))
+    empty = [k for k in keys if not bool(masks[k].any())]
+    if empty:  # global magnitude re-pruning compares magnitudes across layers; BN makes them incomparable
+        log.warning(f"superpose: the global re-prune left no weights in {', '.join(empty)}; such a model is "
+                    f"usually dead: consider superpose.scope=layerwise")
     s.write_metrics({"val_acc": rows[-1]["val_acc"], "density": rows[-1]["density"], "budget": sum(counts),
+                     "empty_layers": empty,
                      "steps": {f"S_{r['k']:02d}": r["val_acc"] for r in rows}})
     log.info(f"superpose: {len(files) - 1} tickets + T0 -> val_acc {rows[-1]['val_acc']:.4f} "
           f"at density {rows[-1]['density']:.4f}")
