@@ -63,6 +63,17 @@ def test_bad_config_is_named_in_one_line(overrides, message):
     assert all("\n" not in p for p in problems)
 
 
+@pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_a_stage_given_bad_config_exits_2_with_the_message_and_writes_nothing(tmp_path, overrides, message):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "dense.safetensors").write_bytes(b"an earlier output")
+    proc = stage(tmp_path, "dense", *overrides)
+    assert proc.returncode == 2, proc.stderr
+    assert f"error: dense: " in proc.stderr and message in proc.stderr, proc.stderr
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["models", "models/dense.safetensors"]
+    assert (tmp_path / "models" / "dense.safetensors").read_bytes() == b"an earlier output"
+
+
 def test_a_section_turned_into_a_string_is_refused():
     cfg = composed([])
     cfg["model"] = "resnet32"
