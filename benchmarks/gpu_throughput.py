@@ -18,9 +18,9 @@ All under bf16 autocast with channels_last (each can be switched off), eager or 
 utilisation = images/s x 3 x forward FLOPs per image (Conv2d + Linear, dense, `models.forward_flops`)
 / `--peak-tflops` (989: H100 SXM bf16 dense; use the figure of the card it prints).
 
-Needs only torch, torchvision, numpy and the suptickets package: modules that suptickets imports at
-the top but this script never uses (pandas, safetensors, tqdm) are replaced by inert stand-ins when
-they are not installed.
+Needs only torch, torchvision (with Pillow), numpy and the suptickets package (taken from ../src when
+it is not installed): modules that suptickets imports at the top but this script never uses (pandas,
+safetensors, tqdm) are replaced by inert stand-ins when they are not installed.
 
     python benchmarks/gpu_throughput.py                       # on a CUDA machine
     python benchmarks/gpu_throughput.py --compile --json gpu.json
@@ -116,6 +116,8 @@ def main(argv=None) -> int:
     import torchvision  # noqa: F401  (imports torch._dynamo, which probes installed packages)
 
     stubbed = stub_missing_modules()
+    if not _installed("suptickets"):  # a bare checkout: use its src/
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
     if args.dry_run:
         device = torch.device("cpu")

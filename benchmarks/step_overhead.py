@@ -10,8 +10,8 @@ negligible next to k training steps (it is the same on both sides anyway). Dense
 alternate (order swapped every repeat) after a warm-up; the figures are medians.
 
 When a window is at least `update_frequency` steps long (the MLP default: k = 100), the topology
-update falls inside the windows at its real rate. When it is shorter (ResNet-32, whose steps take
-seconds here), the windows avoid due steps and the update is timed on its own (median of a few calls
+update falls inside the windows at its real rate. When it is shorter (ResNet-32, close to a second
+per step here), the windows avoid due steps and the update is timed on its own (median of a few calls
 after a real backward) and added as update / update_frequency: "amortised".
 
 `--mode step` times a per-step function that does exactly what the loop body does instead (set lr,
@@ -19,7 +19,13 @@ zero_grad, forward, loss, backward, on_grad, mask_grads, optimizer step, apply),
 and masked step by step.
 
 Also printed: a breakdown of the masking work measured in isolation (mask_grads, apply, the
-topology update) and the ratio it predicts, which is much less sensitive to a busy machine.
+topology update) and the ratio it predicts, which is much less sensitive to a busy machine; the
+isolated calls find their tensors in cache, so it is a lower bound (in the loop, mask_grads + apply
+cost about twice as much).
+
+On a machine shared with other processes, 2 OpenMP threads spin-waiting for each other make the
+timings swing by 10x and more; `OMP_WAIT_POLICY=PASSIVE` in the environment (or `--threads 1`) keeps
+them steady. The script warns when the load average exceeds the core count.
 
     python benchmarks/step_overhead.py                       # MLP + ResNet-32, 2 threads
     python benchmarks/step_overhead.py --models mlp --repeats 9 --json step_overhead.json
@@ -67,7 +73,7 @@ def busy_warning(threads: int) -> None:
 class Side:
     """One model + optimizer (+ masks and the DST rule for the sparse side)."""
 
-    def __init__(self, name: str, init: dict, sparse: bool, args, steps_per_epoch: int):
+    def __init__(self, name: str, init: dict, sparse: bool, args):
         shape, classes = MODELS[name][:2]
         self.model = build_model(name, shape, classes)
         self.model.load_state_dict(init)
@@ -155,8 +161,8 @@ def bench_model(name: str, args) -> dict:
 
     torch.manual_seed(0)
     init = copy.deepcopy(build_model(name, shape, classes).state_dict())
-    dense = Side(name, init, False, args, k)
-    sparse = Side(name, init, True, args, k)
+    dense = Side(name, init, False, args)
+    sparse = Side(name, init, True, args)
     natural = k >= freq  # windows contain due steps at their real rate
     if natural and k % freq:
         print(f"  note: {k} steps per window is not a multiple of update_frequency {freq}")
@@ -249,7 +255,7 @@ def profile(args) -> None:
     torch.manual_seed(0)
     init = build_model(name, shape, classes).state_dict()
     for sparse in (False, True):
-        side = Side(name, init, sparse, args, k)
+        side = Side(name, init, sparse, args)
         side.window(train, val, 0, 1)
         with prof(activities=[ProfilerActivity.CPU]) as p:
             side.window(train, val, 1, args.update_frequency)
