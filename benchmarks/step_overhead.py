@@ -50,24 +50,13 @@ from suptickets.models import build_model
 from suptickets.sparsity.engine import DST, Masked, init_masks
 from suptickets.train import Batches, train_epochs
 
+from _common import busy_warning, median  # noqa: E402
+
 TARGET = 1.10
 MODELS = {  # name -> (input shape, classes, mean, std, augmentation (padding, flip))
     "mlp": ((1, 28, 28), 10, [0.286], [0.353], (0, False)),
     "resnet32": ((3, 32, 32), 10, [0.491, 0.482, 0.447], [0.247, 0.243, 0.262], (4, True)),
 }
-
-
-def median(xs):
-    return statistics.median(xs) if xs else float("nan")
-
-
-def busy_warning(threads: int) -> None:
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load > cores - 0.5:
-        hint = (" (OpenMP threads spin-wait for each other); OMP_WAIT_POLICY=PASSIVE in the environment "
-                "or --threads 1 is steadier") if threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE" else ""
-        print(f"warning: load average {load:.1f} on {cores} cores: other processes compete for the CPU, "
-              f"so timings are noisy{hint}")
 
 
 class Side:

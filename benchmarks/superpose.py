@@ -29,6 +29,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from _common import busy_warning, median  # noqa: E402
+
 TARGET_S = 3.0
 
 
@@ -94,19 +96,6 @@ def make_tickets(n: int, density: float, seed: int):
             keys, counts = list(masks), [int(m.sum()) for m in masks.values()]
         states.append(state)
     return states, keys, counts
-
-
-def median(xs):
-    return statistics.median(xs)
-
-
-def busy_warning(threads: int) -> None:
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load > cores - 0.5:
-        hint = (" (OpenMP threads spin-wait for each other); OMP_WAIT_POLICY=PASSIVE in the environment "
-                "or --threads 1 is steadier") if threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE" else ""
-        print(f"warning: load average {load:.1f} on {cores} cores: other processes compete for the CPU, "
-              f"so timings are noisy{hint}")
 
 
 def main(argv=None) -> int:
