@@ -25,6 +25,8 @@ BENCH = ROOT / "benchmarks"
 
 
 def load_bench(name: str):
+    if str(BENCH) not in sys.path:  # as when the script runs: its folder (benchmarks/_common.py) importable
+        sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
