@@ -73,7 +73,7 @@ def _repro_until(repo: Path, pattern: str, timeout: float = 300) -> None:
                 return
             if proc.poll() is not None:
                 raise AssertionError(f"dvc repro ended (rc {proc.returncode}) before {pattern} appeared")
-            time.sleep(0.2)
+            time.sleep(0.02)
         raise AssertionError(f"no checkpoint {pattern} within {timeout} s")
     finally:
         if proc.poll() is None:
@@ -81,7 +81,8 @@ def _repro_until(repo: Path, pattern: str, timeout: float = 300) -> None:
             proc.wait()
 
 
-RESUME_PARAMS = ["experiment=smoke", "train.epochs=10", "tickets.cycle_rate=0.4", "tickets.cycle_epochs=1"]
+# warmup 8 epochs, then 8 one-epoch cycles: a window of several epochs to kill tickets in
+RESUME_PARAMS = ["experiment=smoke", "train.epochs=16", "tickets.cycle_rate=0.5", "tickets.cycle_epochs=1"]
 
 
 @pytest.mark.e2e
@@ -91,7 +92,7 @@ def test_killed_in_warmup_and_in_tickets_then_rerun_gives_identical_outputs(tmp_
     repos = {}
     for name in ("uninterrupted", "killed"):
         repos[name] = make_repo(tmp_path / name)
-        compose(RESUME_PARAMS, repos[name] / "params.yaml")  # warmup 6 epochs, then 4 one-epoch cycles
+        compose(RESUME_PARAMS, repos[name] / "params.yaml")
     run(repos["uninterrupted"], "dvc", "repro")
     repo = repos["killed"]
     _repro_until(repo, "warmup-*/state.safetensors")
@@ -100,6 +101,6 @@ def test_killed_in_warmup_and_in_tickets_then_rerun_gives_identical_outputs(tmp_
     proc = run(repo, "dvc", "repro")
     out = proc.stdout + proc.stderr
     assert "warmup: resuming after epoch" not in out  # warmup finished in the second run
-    assert re.search(r"tickets: resuming after epoch (7|8|9)", out), out
+    assert re.search(r"tickets: resuming after epoch (9|1[0-5])\b", out), out
     assert lock_hashes(repo) == lock_hashes(repos["uninterrupted"])
     assert not any((repo / ".cache/suptickets/resume").iterdir()), "checkpoints are removed when stages end"
