@@ -157,3 +157,102 @@ def test_keep_first_dense_leaves_the_first_layer_unmasked():
     names = [n for n, _ in maskable(model)]
     init_masks(model, 0.1, "erk", True, torch.Generator().manual_seed(0))
     assert list(masks_of(model)) == names[1:]
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bit pattern (so that -0.0 and 0.0 differ)."""
+    return t.detach().view(torch.int32) if t.dtype == torch.float32 else t
+
+
+def train_twice(method: str, make_opt, steps_epochs: int = 4):
+    """The same DST run twice from the same start: once as the loop runs it, once with `apply()`
+    forced after every optimizer step. Returns [(model, opt, masked)] for both."""
+    runs = []
+    for force_apply in (False, True):
+        model, _, train, val, rule, _ = setup(method)
+        opt = make_opt(model.parameters())
+        masked = Masked(model, opt)
+        masked.apply_each_step = masked.apply_each_step or force_apply
+        checks = {"steps": 0}
+
+        def on_grad(step, epoch, i, masked=masked, rule=rule, checks=checks):
+            outside_is_zero(masked)  # state after the previous optimizer step, before any apply
+            rule.on_grad(masked, step)
+            checks["steps"] += 1
+
+        train_epochs(model, opt, train, val, epochs=range(steps_epochs), step=0, lr_at=lambda e, i: 0.05,
+                     masked=masked, on_grad=on_grad)
+        outside_is_zero(masked)
+        assert checks["steps"] == steps_epochs * len(train)
+        runs.append((model, opt, masked))
+    return runs
+
+
+@pytest.mark.parametrize("method", ["rigl", "granet"])
+@pytest.mark.parametrize("sgd", [dict(momentum=0.9, weight_decay=5e-4, nesterov=True),
+                                 dict(momentum=0.9, weight_decay=5e-4, dampening=0.1),
+                                 dict(momentum=0.0, weight_decay=5e-4),
+                                 dict(momentum=0.9, weight_decay=5e-4, foreach=True),
+                                 dict(momentum=0.9, weight_decay=5e-4, maximize=True)])
+def test_plain_sgd_needs_no_apply_and_gives_the_same_bits(method, sgd):
+    """Under torch.optim.SGD `apply()` is skipped: over 64 steps with 15 topology updates the
+    weights outside the masks stay exactly zero, and every weight, mask and momentum buffer is
+    bit-identical to the run that masks the weights after every step."""
+    (model, opt, masked), (ref, ref_opt, ref_masked) = train_twice(
+        method, lambda params: torch.optim.SGD(params, lr=0.05, **sgd))
+    assert not masked.apply_each_step and ref_masked.apply_each_step
+    assert masked.active() < masked.total()
+    for (k, v), (_, rv) in zip(model.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(bits(v), bits(rv)), k
+    for p, rp in zip(model.parameters(), ref.parameters()):
+        buf, ref_buf = opt.state[p].get("momentum_buffer"), ref_opt.state[rp].get("momentum_buffer")
+        assert (buf is None) == (ref_buf is None)
+        assert buf is None or torch.equal(bits(buf), bits(ref_buf))
+
+
+def test_other_optimizers_keep_apply():
+    """Adam's moments are not zeroed at pruned positions, so its steps move weights outside the
+    masks: `Masked` keeps `apply()` for it (and for SGD subclasses, which may override `step`)."""
+    class MySGD(torch.optim.SGD):
+        pass
+
+    torch.manual_seed(0)
+    model = build_model("mlp", SHAPE, CLASSES, hidden=[32, 16])
+    init_masks(model, 0.2, "erk", False, torch.Generator().manual_seed(0))
+    assert Masked(model, MySGD(model.parameters(), lr=0.1)).apply_each_step
+
+    def adam_run(apply: bool):
+        model, _, train, val, rule, _ = setup("rigl")
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        masked = Masked(model, opt)
+        assert masked.apply_each_step
+        masked.apply_each_step = apply
+        train_epochs(model, opt, train, val, epochs=range(2), step=0, lr_at=lambda e, i: 0.01,
+                     masked=masked, on_grad=lambda s, e, i: rule.on_grad(masked, s))
+        return sum(int((w[m == 0] != 0).sum()) for w, m in zip(masked.weights, masked.masks))
+
+    assert adam_run(apply=True) == 0
+    assert adam_run(apply=False) > 0  # without it the invariant would break
+
+
+def test_construction_zeroes_weights_and_momentum_outside_the_masks():
+    torch.manual_seed(0)
+    model = build_model("mlp", SHAPE, CLASSES, hidden=[32, 16])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model(torch.randn(8, *SHAPE)).sum().backward()
+    opt.step()  # dense momentum everywhere
+    init_masks(model, 0.2, "erk", False, torch.Generator().manual_seed(0))
+    outside = [(m == 0) for m in masks_of(model).values()]
+    masked = Masked(model, opt)
+    for w, off in zip(masked.weights, outside):
+        assert (w[off] == 0).all() and (opt.state[w]["momentum_buffer"][off] == 0).all()
+
+
+def test_mask_grads_masks_the_gradients_present_when_one_is_missing():
+    model, opt, train, val, rule, masked = setup("rigl")
+    x, y = next(train.epoch(0))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    masked.weights[0].grad = None
+    masked.mask_grads()
+    for w, m in zip(masked.weights[1:], masked.masks[1:]):
+        assert (w.grad[m == 0] == 0).all()

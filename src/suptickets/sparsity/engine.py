@@ -1,9 +1,10 @@
 """Masks on a model, and the DST method that evolves them during training.
 
 Masks live with the model as float buffers `<module>.weight_mask` (0/1, the weight's dtype), so
-they follow `.to(device)`, `state_dict()` and DDP's buffer broadcast. The hot path is two
-`torch._foreach_mul_` calls per step (gradients before the optimizer step, weights after); the
-topology decisions are the pure functions of `masks.py` and `dst.py`.
+they follow `.to(device)`, `state_dict()` and DDP's buffer broadcast. The hot path is one
+`torch._foreach_mul_` per step on the gradients before the optimizer step, plus one on the weights
+after it for optimizers other than plain SGD (see `step_keeps_zeros`); the topology decisions are
+the pure functions of `masks.py` and `dst.py`.
 """
 
 from __future__ import annotations
@@ -70,8 +71,25 @@ def density_report(model: nn.Module) -> tuple[float, dict[str, float]]:
     return active / total, {k: int(m.count_nonzero()) / m.numel() for k, m in masks.items()}
 
 
+def step_keeps_zeros(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer.step()` leaves a weight that is zero, with a zero gradient and zero
+    momentum, at exactly zero: true of plain `torch.optim.SGD` with any lr, momentum, dampening,
+    nesterov, weight decay, maximize, foreach or fused setting, since every term of its update
+    (±g, g + wd·w, μ·buf + (1 − τ)·g, g + μ·buf, w − lr·d) is then a sum or product of zeros. A
+    subclass may override `step`, so only the exact type counts. Other optimizers keep state that
+    `set_masks` does not zero (Adam's moments, for one), so their steps may move such a weight."""
+    return type(optimizer) is torch.optim.SGD
+
+
 class Masked:
-    """Keeps masked weights, their gradients and momentum at exactly zero (the per-step work)."""
+    """Keeps masked weights, their gradients and momentum at exactly zero (the per-step work).
+
+    Per step: `mask_grads()` before the optimizer step, `apply()` after it. Under plain SGD the
+    weights outside the masks stay zero by themselves (`step_keeps_zeros`: their gradients are
+    masked, their momentum is zeroed whenever the masks change, and both hold from construction
+    on), so `apply()` does nothing there; masking them would multiply ±0 by 0, which changes no bit.
+    Code that writes the weights outside the optimizer after construction calls `zero_outside()`.
+    """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, check_ranks: bool = False):
         self.model, self.optimizer = model, optimizer
@@ -81,6 +99,8 @@ class Masked:
         self.weights = [modules[n.rsplit(".", 1)[0] if "." in n else ""].weight for n in self.names]
         self.check_ranks = check_ranks and dist.is_available() and dist.is_initialized()
         self.rank_checks = 0
+        self.apply_each_step = not step_keeps_zeros(optimizer)
+        self.zero_outside()
 
     @torch.no_grad()
     def assert_ranks_agree(self) -> None:
@@ -96,10 +116,25 @@ class Masked:
         grads = [w.grad for w in self.weights]
         if all(g is not None for g in grads):
             torch._foreach_mul_(grads, self.masks)
+        elif any(g is not None for g in grads):  # a layer unused in this forward has no gradient
+            present = [(g, m) for g, m in zip(grads, self.masks) if g is not None]
+            torch._foreach_mul_([g for g, _ in present], [m for _, m in present])
 
     @torch.no_grad()
     def apply(self) -> None:
-        torch._foreach_mul_(self.weights, self.masks)
+        """After an optimizer step: weights outside the masks back to zero (nothing to do under SGD)."""
+        if self.apply_each_step:
+            torch._foreach_mul_(self.weights, self.masks)
+
+    @torch.no_grad()
+    def zero_outside(self) -> None:
+        """Weights and momentum outside the masks to zero, whatever the optimizer."""
+        if self.weights:
+            torch._foreach_mul_(self.weights, self.masks)
+        for w, m in zip(self.weights, self.masks):
+            buf = self.optimizer.state.get(w, {}).get("momentum_buffer")
+            if buf is not None:
+                buf.mul_(m)
 
     @torch.no_grad()
     def set_masks(self, new: Sequence[torch.Tensor], grown: Sequence[torch.Tensor] | None = None) -> None:
