@@ -65,6 +65,21 @@ def test_grow_random_exact_and_deterministic():
     assert grow_random(m, 1000, torch.Generator()).all()
 
 
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 10_000), size=st.integers(1, 60), frac=st.floats(0.0, 1.0), n=st.integers(0, 70))
+def test_grow_by_score_matches_a_stable_sort_of_the_inactive_entries(seed, size, frac, n):
+    # integer-valued scores: heavy ties (and zeros, and NaN/-0.0 where the weights are active)
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(size, generator=g) < frac
+    score = torch.randint(-3, 4, (size,), generator=g).float()
+    score[mask & (torch.rand(size, generator=g) < 0.3)] = float("nan")  # active entries never looked at
+    inactive = torch.nonzero(~mask).flatten()
+    order = inactive[torch.sort(score[inactive].abs(), descending=True, stable=True).indices]
+    expected = mask.clone()
+    expected[order[:n]] = True
+    assert torch.equal(grow_by_score(mask, score, n), expected)
+
+
 # ---------------------------------------------------------------------------------------------
 # prune_and_regrow
 

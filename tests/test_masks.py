@@ -239,6 +239,39 @@ def test_global_topk_large_inputs_exact(kind):
         assert torch.equal(got, _stable_reference(x.abs(), k))
 
 
+def _mostly_zero(seed: int) -> list[torch.Tensor]:
+    """As in superposition: most entries exactly zero (some -0.0), the rest with heavy ties."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = []
+    for shape in [(40, 30), (7,), (25, 4, 3)]:
+        t = torch.randint(-3, 4, shape, generator=g).float()
+        t[torch.rand(shape, generator=g) < 0.85] = 0.0
+        t[torch.rand(shape, generator=g) < 0.05] = -0.0
+        tensors.append(t)
+    return tensors
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_global_topk_of_mostly_zero_tensors_matches_a_stable_sort(seed):
+    # only the nonzero entries are ranked; k beyond them takes the first zeros (-0.0 included)
+    tensors = _mostly_zero(seed)
+    flat = torch.cat([t.flatten().abs() for t in tensors])
+    nnz = int(torch.count_nonzero(flat))
+    assert 0 < nnz < flat.numel() // 5 and bool(torch.signbit(torch.cat([t.flatten() for t in tensors])).any())
+    ks = {0, 1, nnz // 2, nnz - 1, nnz, nnz + 1, flat.numel() - 1, flat.numel(), *range(0, flat.numel(), 97)}
+    for k in sorted(ks):
+        got = torch.cat([m.flatten() for m in global_topk_masks(tensors, k)])
+        assert torch.equal(got, _stable_reference(flat, k)), k
+
+
+def test_global_topk_rejects_nan_also_when_k_exceeds_the_nonzero_entries():
+    x = torch.zeros(10)
+    x[3] = float("nan")
+    for k in (1, 5):
+        with pytest.raises(ValueError, match="NaN"):
+            global_topk_masks([x], k)
+
+
 def test_global_topk_empty_and_bad_k():
     assert global_topk_masks([], 0) == []
     with pytest.raises(ValueError):

@@ -129,6 +129,34 @@ def test_reprune_exact_with_ties(scope, fill):
         assert int(masks["a"].sum()) == 9 and masks["a"].flatten()[:9].all()
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reprune_global_equals_sorted_topk_and_masked_fill(seed):
+    """Against the straightforward version (one stable sort over the concatenated |w|, then
+    masked_fill), bit for bit, on mostly-zero tensors with ties and -0.0, for every budget."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in [("a", (12, 5)), ("b", (9,)), ("c", (4, 3, 2))]:
+        t = torch.randint(-2, 3, shape, generator=g).float() * 0.5
+        t[torch.rand(shape, generator=g) < 0.7] = 0.0
+        t[torch.rand(shape, generator=g) < 0.1] = -0.0
+        state[key] = t
+    keys = ["a", "b", "c"]
+    flat = torch.cat([state[k].flatten().abs() for k in keys])
+    sizes = [state[k].numel() for k in keys]
+    for budget in range(flat.numel() + 1):
+        order = torch.sort(flat, descending=True, stable=True).indices[:budget]
+        keep = torch.zeros(flat.numel(), dtype=torch.bool)
+        keep[order] = True
+        want = dict(zip(keys, (m.view(state[k].shape) for k, m in zip(keys, keep.split(sizes)))))
+        # (the global scope only uses the sum of the per-layer counts)
+        counts = [min(n, max(0, budget - sum(sizes[:i]))) for i, n in enumerate(sizes)]
+        out, masks = reprune(state, keys, counts, "global")
+        for k in keys:
+            assert torch.equal(masks[k], want[k]), (budget, k)
+            expected = state[k].masked_fill(~want[k], 0)
+            assert torch.equal(out[k].view(torch.int32), expected.view(torch.int32)), (budget, k)
+
+
 def test_reprune_errors():
     state = _state([1, 2, 3, 4], [1, 2], [0, 0], 0)
     with pytest.raises(ValueError, match=r"superpose\.scope"):

@@ -84,7 +84,7 @@ def reprune(
         masks = [topk_mask(t.detach().abs(), c) for t, c in zip(tensors, counts)]
     out = dict(state)
     for key, t, m in zip(masked_keys, tensors, masks):
-        out[key] = t.detach().masked_fill(~m, 0)
+        out[key] = torch.where(m, t.detach(), 0)
     return out, dict(zip(masked_keys, masks))
 
 

@@ -60,13 +60,11 @@ def grow_by_score(mask: Tensor, score: Tensor, n: int) -> Tensor:
     """New mask with the n inactive entries of largest |score| added (ties: lower index first)."""
     _check_pair(score, mask, "score")
     flat = mask.reshape(-1)
-    inactive = torch.nonzero(~flat).flatten()
-    n = max(0, min(int(n), inactive.numel()))
-    magnitudes = score.detach().reshape(-1)[inactive].abs()
-    chosen = inactive[_select_largest(magnitudes, n)]
-    new = flat.clone()
-    new[chosen] = True
-    return new.view(mask.shape)
+    n = max(0, min(int(n), flat.numel() - int(torch.count_nonzero(flat))))
+    # ranked in place over the whole layer: active entries get -1, below every |score| of an inactive
+    # one, so the n largest are the same entries, in the same tie order, as among the inactive alone
+    magnitudes = score.detach().reshape(-1).abs().masked_fill_(flat, -1)
+    return (flat | _select_largest(magnitudes, n)).view(mask.shape)
 
 
 def prune_and_regrow(

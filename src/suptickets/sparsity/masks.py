@@ -127,23 +127,29 @@ def _kth_largest(values: Tensor, k: int) -> Tensor:
     return torch.topk(values, k, sorted=False).values.min()
 
 
+def _check_no_nan(values: Tensor) -> None:
+    """Raise ValueError if a floating `values` holds a NaN (a one-pass sum screens for it first)."""
+    if values.is_floating_point() and values.numel() and bool(torch.isnan(values.sum())):
+        if bool(torch.isnan(values).any()):  # (a NaN sum may also come from +inf and -inf)
+            raise ValueError("cannot rank values containing NaN")
+
+
 def _select_largest(values: Tensor, k: int) -> Tensor:
     """Bool 1-D mask of the exact k largest entries of 1-D `values`; ties: lower index wins."""
     n = values.numel()
     if not 0 <= k <= n:
         raise ValueError(f"k must be in [0, {n}], got {k}")
-    if values.is_floating_point() and bool(torch.isnan(values).any()):
-        raise ValueError("cannot rank values containing NaN")
+    _check_no_nan(values)
     if k == 0:
         return torch.zeros(n, dtype=torch.bool, device=values.device)
     if k == n:
         return torch.ones(n, dtype=torch.bool, device=values.device)
     threshold = _kth_largest(values, k)
-    keep = values > threshold
-    missing = k - int(torch.count_nonzero(keep))
-    if missing > 0:
-        ties = torch.nonzero(values == threshold).flatten()[:missing]
-        keep[ties] = True
+    keep = values >= threshold
+    extra = int(torch.count_nonzero(keep)) - k
+    if extra > 0:  # more entries tie at the threshold than places left: the later ones drop out
+        ties = torch.nonzero(values == threshold).flatten()
+        keep[ties[ties.numel() - extra:]] = False
     return keep
 
 
@@ -159,20 +165,35 @@ def topk_mask(scores: Tensor, k: int) -> Tensor:
 
 
 def global_topk_masks(tensors: Sequence[Tensor], k: int) -> list[Tensor]:
-    """Masks keeping the exact k largest |values| over all tensors together; ties: earlier wins."""
+    """Masks keeping the exact k largest |values| over all tensors together; ties: earlier wins.
+
+    Only the nonzero entries are ranked (superposed tickets are mostly zeros): a zero comes after
+    all of them, so the zeros that fill up k, if any, are the first ones.
+    """
     tensors = list(tensors)
     if not tensors:
         if k != 0:
             raise ValueError(f"k must be 0 for an empty list of tensors, got {k}")
         return []
     sizes = [t.numel() for t in tensors]
+    n = sum(sizes)
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in [0, {n}], got {k}")
     dtype = tensors[0].dtype
     for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    buffer = torch.empty(sum(sizes), dtype=dtype, device=tensors[0].device)
-    for t, part in zip(tensors, torch.split(buffer, sizes)):
-        torch.abs(t.detach().reshape(-1).to(dtype), out=part)
-    keep = _select_largest(buffer, k)
+        dtype = torch.promote_types(dtype, t.dtype)  # (a widening cast: nonzero stays nonzero)
+    flats = [t.detach().reshape(-1) for t in tensors]
+    found = [torch.nonzero(f).flatten() for f in flats]
+    values = torch.cat([f[i].to(dtype).abs() for f, i in zip(flats, found)])
+    starts = [sum(sizes[:j]) for j in range(len(sizes))]
+    positions = torch.cat([i + s for i, s in zip(found, starts)])
+    keep = torch.zeros(n, dtype=torch.bool, device=tensors[0].device)
+    if k <= values.numel():
+        keep[positions[_select_largest(values, k)]] = True
+    else:
+        _check_no_nan(values)
+        keep[positions] = True
+        keep[torch.nonzero(~keep).flatten()[: k - values.numel()]] = True
     return [m.view(t.shape) for m, t in zip(torch.split(keep, sizes), tensors)]
 
 
