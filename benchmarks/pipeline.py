@@ -30,14 +30,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from project_copy import compose_params, copy_project, project_files  # noqa: E402
+
 VENV_BIN = ROOT / ".venv" / "bin"
 NOOP_TARGET_S = 5.0
-
-
-def project_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                         check=True, capture_output=True, text=True).stdout.splitlines()
-    return [f for f in out if f and (ROOT / f).is_file()]
 
 
 def env_for(repo: Path) -> dict[str, str]:
@@ -60,18 +57,6 @@ def run(repo: Path, *cmd: str) -> tuple[float, subprocess.CompletedProcess]:
     return dt, proc
 
 
-def make_copy(dest: Path, experiment: str) -> None:
-    for f in project_files():
-        (dest / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / f, dest / f)
-    run(dest, "git", "init", "-q", "-b", "main")
-    run(dest, "git", "add", "-A")
-    run(dest, "git", "commit", "-q", "-m", "copy of the project")
-    from dvc.utils.hydra import compose_and_dump
-
-    compose_and_dump(str(dest / "params.yaml"), str(dest / "params"), None, "params", "", [f"experiment={experiment}"])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="smoke",
@@ -86,7 +71,8 @@ def main(argv=None) -> int:
     repo = tmp / "repo"
     try:
         t0 = time.perf_counter()
-        make_copy(repo, args.experiment)
+        copy_project(repo)
+        compose_params(repo, [f"experiment={args.experiment}"], repo / "params.yaml")
         setup_s = time.perf_counter() - t0
         status_before, _ = run(repo, "dvc", "status")
         clean_s, proc = run(repo, "dvc", "repro")

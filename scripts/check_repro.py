@@ -21,25 +21,9 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from project_copy import compose_params, copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def compose(root: Path, overrides: list[str], out: Path) -> str:
-    from dvc.utils.hydra import compose_and_dump
-
-    compose_and_dump(str(out), str(root / "params"), None, "params", "", overrides)
-    return out.read_text()
-
-
-def copy_project(root: Path, dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=root,
-                           check=True, capture_output=True, text=True).stdout.splitlines()
-    for f in files:
-        if (root / f).is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / f, dest / f)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
 
 
 def out_hashes(repo: Path) -> dict[str, str]:
@@ -61,12 +45,12 @@ def main() -> int:
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if (ROOT / "params.yaml").read_text() != compose(ROOT, [], tmp / "composed.yaml"):
+        if (ROOT / "params.yaml").read_text() != compose_params(ROOT, [], tmp / "composed.yaml"):
             failures.append("params.yaml differs from the composition of params/: run `dvc exp run` "
                             "(or compose) and commit params.yaml")
         repo = tmp / "repo"
-        copy_project(ROOT, repo)
-        compose(repo, [f"experiment={args.experiment}"], repo / "params.yaml")
+        copy_project(repo)
+        compose_params(repo, [f"experiment={args.experiment}"], repo / "params.yaml")
         runs = []
         for flags in ([], ["--force", "--no-run-cache"]):
             proc = dvc(repo, "repro", *flags)

@@ -12,13 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def project_files() -> list[str]:
-    """Tracked and untracked-but-not-ignored files of the project (what a commit would hold)."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                         check=True, capture_output=True, text=True).stdout.split("\n")
-    return [f for f in out if f and (ROOT / f).is_file()]
+sys.path.insert(0, str(ROOT / "scripts"))
+from project_copy import copy_project  # noqa: E402
 
 
 def env_for(repo: Path) -> dict[str, str]:
@@ -42,14 +37,7 @@ def run(repo: Path, *cmd: str, check: bool = True, timeout: int = 600) -> subpro
 
 def make_repo(dest: Path) -> Path:
     """A fresh git repo holding the project's files, committed, with DVC initialised as in the project."""
-    for f in project_files():
-        target = dest / f
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / f, target)
-    run(dest, "git", "init", "-q", "-b", "main")
-    run(dest, "git", "add", "-A")
-    run(dest, "git", "commit", "-q", "-m", "copy of the project")
-    return dest
+    return copy_project(dest)
 
 
 @pytest.fixture(scope="session")
