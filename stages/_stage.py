@@ -21,6 +21,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch.distributed  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from suptickets import runtime  # noqa: E402
@@ -140,7 +141,9 @@ def launch(main: Callable[[], None]) -> None:
     """Call a stage's `@hydra.main` function with the runtime defaults (no output folder, no log
     file, logs to stdout) unless the command line sets them."""
     given = " ".join(sys.argv[1:])
-    sys.argv += [a for a in HYDRA_DEFAULTS if a.split("=")[0] not in given]
+    multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])  # keep each sweep job's .hydra/ record
+    sys.argv += [a for a in HYDRA_DEFAULTS if a.split("=")[0] not in given
+                 and not (multirun and a.startswith("hydra.output_subdir"))]
     main()
 
 
@@ -163,7 +166,8 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
                                   f"--nproc_per_node={procs}", sys.argv[0], *sys.argv[1:]]))
     mode = None if os.environ.get("WANDB_MODE") else cfg["tracking"]["wandb"]["mode"]
     root = os.environ.get("DVC_ROOT") or os.getcwd()
-    changed = overrides(cfg, preset_base(cfg)) if rank == 0 and mode != "disabled" else []
+    changed = overrides(cfg, preset_base(cfg), HydraConfig.get().overrides.task) \
+        if rank == 0 and mode != "disabled" else []
     run = Run.start(stage=name, cfg=cfg, group=group_name(cfg), directory=root, mode=mode, rank=rank,
                     changed=changed)
     signal.signal(signal.SIGTERM, _interrupt)

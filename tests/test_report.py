@@ -285,6 +285,9 @@ def test_run_names_carry_the_overrides_against_the_preset():
     changed = overrides(cfg, base)
     assert changed == ["seed=3", "train.milestones=[0.3]", "dst.density=0.02"]
     assert overrides(base, base) == []
+    given = ["seed=3", "+chain=[warmup]", "hydra.sweep.dir=x", "experiment=smoke", "tickets.lr_max=0.05"]
+    assert overrides(cfg, base, given) == ["seed=3", "tickets.lr_max=0.05", "train.milestones=[0.3]",
+                                           "dst.density=0.02"]
     assert run_name("tickets", "smoke", changed) == "smoke seed=3 train.milestones=[0.3] dst.density=0.02 · tickets"
     long = run_name("evaluate", "smoke", [f"k{i}=v" for i in range(100)])
     assert len(long) == 128 and long.endswith("… · evaluate")

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Sequence
 
 SECRET_WORDS = ("key", "token", "secret", "password")
+NOT_SETTINGS = ("tracking", "chain")  # where results go and which stages run, not what they compute
 
 
 def config_hash(cfg: dict) -> str:
     """A short, stable hash of the config without its tracking section (names a DVC-less group)."""
-    body = {k: v for k, v in cfg.items() if k != "tracking"}
+    body = {k: v for k, v in cfg.items() if k not in NOT_SETTINGS}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -36,13 +37,18 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: cfg}
 
 
-def overrides(cfg: dict, base: dict) -> list[str]:
-    """`key=value` for every setting where `cfg` differs from `base` (the preset it started from),
-    tracking excluded, in the config's order: what a sweep changed."""
-    new, old = flatten(public_config({k: v for k, v in cfg.items() if k != "tracking"})), \
-        flatten({k: v for k, v in base.items() if k != "tracking"})
-    return [f"{k}={json.dumps(v, separators=(',', ':')) if isinstance(v, (list, dict)) else v}"
-            for k, v in new.items() if k not in old or old[k] != v]
+def overrides(cfg: dict, base: dict, given: Sequence[str] = ()) -> list[str]:
+    """What a sweep changed: the command line's own overrides `given` (Hydra's, e.g. one job of a
+    multirun; hydra.*, experiment= and the chain left out), then `key=value` for every other setting
+    where `cfg` differs from `base` (the preset it started from; `dvc exp run -S` arrives this way),
+    tracking and the chain excluded, in the config's order."""
+    skip = ("hydra", "experiment=", *NOT_SETTINGS)
+    literal = [o for o in given if not o.lstrip("+~").startswith(skip)]
+    named = {o.lstrip("+~").split("=")[0] for o in literal}
+    new, old = flatten(public_config({k: v for k, v in cfg.items() if k not in NOT_SETTINGS})), \
+        flatten({k: v for k, v in base.items() if k not in NOT_SETTINGS})
+    return literal + [f"{k}={json.dumps(v, separators=(',', ':')) if isinstance(v, (list, dict)) else v}"
+                      for k, v in new.items() if (k not in old or old[k] != v) and k not in named]
 
 
 def run_name(stage: str, label: str, changed: list[str], limit: int = 128) -> str:
