@@ -21,6 +21,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch.distributed  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from suptickets import runtime  # noqa: E402
@@ -29,7 +30,7 @@ from suptickets.config import ConfigError, validate  # noqa: E402
 from suptickets.data import DataError  # noqa: E402
 from suptickets.resume import Checkpoint  # noqa: E402
 from suptickets.schemas import HISTORY_COLUMNS, ValidationFailed, validate_history  # noqa: E402
-from suptickets.tracking import Run, config_hash  # noqa: E402
+from suptickets.tracking import Run, config_hash, overrides  # noqa: E402
 from suptickets.train import TrainingDiverged  # noqa: E402
 
 log = logging.getLogger("suptickets")
@@ -114,11 +115,35 @@ def group_name(cfg: dict) -> str:
     return os.environ.get("DVC_EXP_NAME") or f"params-{config_hash(cfg)}"
 
 
+def preset_base(cfg: dict) -> dict:
+    """The composition of params/ this run started from: the preset named by `cfg["name"]`
+    (params/experiment/<name>.yaml) or the defaults. Composed with Hydra's compose API beside the
+    running app, whose global state is put back afterwards."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    params = Path(__file__).resolve().parents[1] / "params"
+    preset = params / "experiment" / f"{cfg.get('name')}.yaml"
+    gh = GlobalHydra.instance()
+    saved = gh.hydra
+    gh.clear()
+    try:
+        with initialize_config_dir(config_dir=str(params), version_base="1.3"):
+            base = compose("params", overrides=[f"experiment={preset.stem}"] if preset.is_file() else [])
+        return OmegaConf.to_container(base, resolve=True)
+    finally:
+        GlobalHydra.instance().clear()
+        if saved is not None:
+            GlobalHydra.instance().initialize(saved)
+
+
 def launch(main: Callable[[], None]) -> None:
     """Call a stage's `@hydra.main` function with the runtime defaults (no output folder, no log
     file, logs to stdout) unless the command line sets them."""
     given = " ".join(sys.argv[1:])
-    sys.argv += [a for a in HYDRA_DEFAULTS if a.split("=")[0] not in given]
+    multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])  # keep each sweep job's .hydra/ record
+    sys.argv += [a for a in HYDRA_DEFAULTS if a.split("=")[0] not in given
+                 and not (multirun and a.startswith("hydra.output_subdir"))]
     main()
 
 
@@ -141,7 +166,10 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
                                   f"--nproc_per_node={procs}", sys.argv[0], *sys.argv[1:]]))
     mode = None if os.environ.get("WANDB_MODE") else cfg["tracking"]["wandb"]["mode"]
     root = os.environ.get("DVC_ROOT") or os.getcwd()
-    run = Run.start(stage=name, cfg=cfg, group=group_name(cfg), directory=root, mode=mode, rank=rank)
+    changed = overrides(cfg, preset_base(cfg), HydraConfig.get().overrides.task) \
+        if rank == 0 and mode != "disabled" else []
+    run = Run.start(stage=name, cfg=cfg, group=group_name(cfg), directory=root, mode=mode, rank=rank,
+                    changed=changed)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         body(Stage(name, cfg, run, rank=rank))

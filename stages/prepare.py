@@ -1,38 +1,71 @@
-"""prepare: load the data set, carve the validation split, validate with pandera, write tensors."""
+"""prepare: load the data set, carve the validation split, validate with pandera, write tensors
+(or, for a folder data set such as ImageNet, a manifest of files checked to exist and decode)."""
 
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import hydra
+import pandas as pd
 from _stage import Stage, launch, log, stage
 from omegaconf import DictConfig
 
-from suptickets.data import load_raw, prepare_splits, save_prepared, summarize
-from suptickets.schemas import validate_summary, validate_tensors
+from suptickets.artifacts import write_json, write_text
+from suptickets.data import FOLDER_DATASETS, load_raw, prepare_splits, save_prepared, summarize
+from suptickets.imagefolder import MANIFEST, build_manifest, check_files, manifest_summary
+from suptickets.schemas import validate_manifest, validate_summary, validate_tensors
 
 OUT = Path("data/prepared")
 
 
+def write_atomically(files: Callable[[Path], None]) -> None:
+    """Build data/prepared in a temporary sibling folder, then swap it in: never half-written."""
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".prepared.", dir=OUT.parent))
+    try:
+        files(tmp)
+        shutil.rmtree(OUT, ignore_errors=True)
+        tmp.rename(OUT)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_folder(s: Stage) -> None:
+    """A data set too large for tensors: a pandera-validated manifest of files that exist and decode."""
+    d = s.cfg["data"]
+    splits, classes = build_manifest(d["root"], d["val_fraction"], s.cfg["seed"], d["limit_train"], d["limit_test"])
+    manifest = validate_manifest(pd.DataFrame([(p, label, name) for name, rows in splits.items() for p, label in rows],
+                                              columns=["path", "label", "split"]), len(classes))
+    if d["folder"]["check_decode"]:
+        check_files(d["root"], manifest["path"].tolist(), workers=max(d["workers"], 1))
+    summary = manifest_summary(splits, classes, d["folder"]["image_size"], d["root"])
+    shape = tuple(summary["shape"])
+    validate_summary(summary, shape, len(classes))
+    write_atomically(lambda tmp: (write_text(tmp / MANIFEST, manifest.to_csv(index=False)),
+                                  write_json(tmp / "summary.json", summary)))
+    finish(s, summary, shape)
+
+
+def finish(s: Stage, summary: dict, shape: tuple) -> None:
+    sizes = {k: v["size"] for k, v in summary["splits"].items()}
+    s.run.summary({f"{k}_size": v for k, v in sizes.items()})
+    log.info(f"prepare: {s.cfg['data']['name']} train {sizes['train']}, val {sizes['val']}, "
+             f"test {sizes['test']} images of shape {list(shape)}")
+
+
 def run(s: Stage) -> None:
     d = s.cfg["data"]
+    if d["name"] in FOLDER_DATASETS:
+        return run_folder(s)
     raw = load_raw(d["name"], d["root"], d["download"])
     splits = prepare_splits(raw, d["val_fraction"], s.cfg["seed"], d["limit_train"], d["limit_test"])
     summary = summarize(splits, raw.classes)
     shape = tuple(raw.train_x.shape[1:])
     validate_tensors(splits, shape, len(raw.classes))
     validate_summary(summary, shape, len(raw.classes))
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".prepared.", dir=OUT.parent))
-    try:
-        save_prepared(tmp, splits, summary)
-        shutil.rmtree(OUT, ignore_errors=True)
-        tmp.rename(OUT)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    s.run.summary({f"{k}_size": v["size"] for k, v in summary["splits"].items()})
-    log.info(f"prepare: {d['name']} train {len(splits['train'][1])}, val {len(splits['val'][1])}, "
-          f"test {len(splits['test'][1])} images of shape {list(shape)}")
+    write_atomically(lambda tmp: save_prepared(tmp, splits, summary))
+    finish(s, summary, shape)
 
 
 @hydra.main(version_base="1.3", config_path="../params", config_name="params")

@@ -1,7 +1,6 @@
 """superpose: average T0 (warmup) and the tickets (CAA or CIMA), re-prune to the budget, recompute
 BatchNorm statistics; writes models/superposed.safetensors."""
 
-import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -28,7 +27,7 @@ def run(s: Stage) -> None:
     cfg, sp = s.cfg, s.cfg["superpose"]
     device = runtime.setup(cfg["threads"], cfg["device"])
     data, summary = runtime.load_batches("data/prepared", cfg, device)
-    bn_batches = dataclasses.replace(data["train"], shuffle=False, padding=0, flip=False)
+    bn_batches = data["train"].plain()
     model = runtime.new_model(cfg, summary, device)
     files = model_files()
     _, masks0 = state_from_file(load_tensors(files[0]))

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, make_repo, run
+from test_report import read_wandb_records
 from suptickets.artifacts import load_tensors, state_from_file
 
 STAGES = ["prepare", "dense", "sparse_baseline", "warmup", "tickets", "superpose", "evaluate", "report"]
@@ -103,6 +104,14 @@ def test_queued_seed_sweep_gives_two_experiments(tmp_path):
     assert seeds == {1, 2}, json.dumps(shown)[:2000]
     runs = list((repo / "wandb").glob("offline-run-*"))  # under the real repo root, one folder per stage run
     assert len(runs) == 2 * len(STAGES) and len({r.name for r in runs}) == len(runs)
+    named = {}  # W&B run name -> (group, job type), read back from each run's transaction log
+    for r in runs:
+        record = next(rec.run for rec in read_wandb_records(next(r.glob("*.wandb"))) if rec.HasField("run"))
+        named[record.display_name] = (record.run_group, record.job_type)
+    assert set(named) == {f"smoke seed={seed} · {stage}" for seed in (1, 2) for stage in STAGES}, named
+    groups = {seed: {named[f"smoke seed={seed} · {stage}"][0] for stage in STAGES} for seed in (1, 2)}
+    assert all(len(g) == 1 for g in groups.values()) and groups[1] != groups[2]  # one group per experiment
+    assert named["smoke seed=2 · tickets"][1] == "tickets"
     leftovers = list((repo / ".cache/suptickets/resume").glob("*")) if (repo / ".cache").exists() else []
     assert leftovers == [], "each experiment's checkpoints are its own and removed at the end"
 

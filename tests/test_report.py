@@ -273,3 +273,21 @@ def test_wandb_offline_run_holds_the_table_images_summary_and_model_references(f
     [entry] = art.manifest.contents
     assert entry.ref == "file://" + str((run_dir / "models/superposed.safetensors").resolve())
     assert not list(run_dir_wb.rglob("*.safetensors")), "weights are referenced, never copied into the run"
+
+
+def test_run_names_carry_the_overrides_against_the_preset():
+    from suptickets.tracking import overrides, run_name
+
+    base = {"name": "smoke", "seed": 0, "train": {"lr": 0.1, "milestones": [0.5, 0.75]},
+            "tracking": {"wandb": {"mode": "offline"}}}
+    cfg = {"name": "smoke", "seed": 3, "train": {"lr": 0.1, "milestones": [0.3]}, "dst": {"density": 0.02},
+           "tracking": {"wandb": {"mode": "online", "api_key": "x"}}}
+    changed = overrides(cfg, base)
+    assert changed == ["seed=3", "train.milestones=[0.3]", "dst.density=0.02"]
+    assert overrides(base, base) == []
+    given = ["seed=3", "+chain=[warmup]", "hydra.sweep.dir=x", "experiment=smoke", "tickets.lr_max=0.05"]
+    assert overrides(cfg, base, given) == ["seed=3", "tickets.lr_max=0.05", "train.milestones=[0.3]",
+                                           "dst.density=0.02"]
+    assert run_name("tickets", "smoke", changed) == "smoke seed=3 train.milestones=[0.3] dst.density=0.02 · tickets"
+    long = run_name("evaluate", "smoke", [f"k{i}=v" for i in range(100)])
+    assert len(long) == 128 and long.endswith("… · evaluate")

@@ -154,3 +154,35 @@ def test_bf16_autocast_trains_with_exact_zeros_outside_the_masks():
     diffs = [(a.float() - b.float()).abs().max().item() for a, b in zip(plain.state_dict().values(),
                                                                           fast.state_dict().values())]
     assert all(d == d for d in diffs) and max(diffs) < 0.5  # bf16 rounding, same trajectory
+
+
+def test_progress_bar_shows_running_loss_accuracy_lr_and_density():
+    from suptickets.sparsity.engine import Masked, init_masks
+    from suptickets.train import progress_postfix
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert progress_postfix(torch.tensor(6.0), torch.tensor(3), 4, 0.05, None) == \
+        {"loss": "1.5000", "acc": "0.7500", "lr": "0.05", "density": "1.0000"}
+    init_masks(model, 0.25, "uniform", False, torch.Generator().manual_seed(0))
+    shown = progress_postfix(torch.tensor(1.0), torch.tensor(0), 2, 0.1, Masked(model, opt))
+    assert shown["density"] == "0.2500" and shown["acc"] == "0.0000"
+
+
+def test_label_smoothing_and_lr_warmup_reach_the_loop():
+    rows = {}
+    lrs = {}
+    for smoothing, warm in [(0.0, 0), (0.3, 2)]:
+        model, opt, data = fresh()
+        c = cfg(train={"lr": 0.05, "milestones": [0.5, 0.75], "gamma": 0.1, "label_smoothing": smoothing,
+                       "lr_warmup_epochs": warm})
+        seen = []
+        lr_at = phases.step_lr(c, 4, len(data["train"]))
+        lrs[warm] = [lr_at(e, i) for e in range(4) for i in range(len(data["train"]))]
+        phases.dense(model, opt, data, c, epochs=4, on_epoch=seen.append)
+        rows[smoothing] = seen
+    steps = len(lrs[0]) // 4
+    assert lrs[2][:2 * steps] == pytest.approx([0.05 * (s + 1) / (2 * steps) for s in range(2 * steps)])
+    assert lrs[2][2 * steps:] == lrs[0][2 * steps:]
+    # a smoothed target keeps the cross-entropy away from zero: the losses differ from the plain run's
+    assert rows[0.3][-1]["train_loss"] > rows[0.0][-1]["train_loss"] + 0.1

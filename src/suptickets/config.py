@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from .data import DATASETS
-from .models import MODEL_NAMES
+from .data import DATASETS, FOLDER_DATASETS
+from .models import MODEL_NAMES, STEMS
 from .schedules import epoch_split
 
 SECTIONS = ("data", "model", "train", "dst", "tickets", "superpose", "tracking", "launcher")
@@ -69,6 +69,9 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.channels_last", lambda v: isinstance(v, bool), "true or false"),
     ("train.compile", lambda v: isinstance(v, bool), "true or false"),
     ("train.gamma", lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    ("train.label_smoothing", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("train.lr_warmup_epochs", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("train.weight_decay_bn", lambda v: isinstance(v, bool), "true or false"),
     ("train.milestones", lambda v: isinstance(v, list) and all(_number(m) and 0 < m < 1 for m in v),
      "a list of fractions in (0, 1)"),
     ("dst.density", lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
@@ -90,6 +93,13 @@ GRANET_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("dst.init_density", lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
     ("dst.init_prune_epoch", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     ("dst.final_prune_epoch", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+]
+FOLDER_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("data.root", lambda v: isinstance(v, str) and v != "", "the folder holding train/ and val/"),
+    ("data.workers", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("data.folder.image_size", lambda v: _integer(v) and v >= 8, "an integer >= 8"),
+    ("data.folder.resize_size", lambda v: _integer(v) and v >= 8, "an integer >= 8"),
+    ("data.folder.check_decode", lambda v: isinstance(v, bool), "true or false"),
 ]
 MISSING = object()
 
@@ -115,7 +125,10 @@ def check(cfg: dict) -> list[str]:
         if value not in allowed:
             shown = "missing" if value is MISSING else repr(value)
             problems.append(f"{key}={shown}: not one of {', '.join(allowed)}")
-    rules = RULES + (GRANET_RULES if get(cfg, "dst.method") == "granet" else [])
+    rules = RULES + (GRANET_RULES if get(cfg, "dst.method") == "granet" else []) \
+        + (FOLDER_RULES if get(cfg, "data.name") in FOLDER_DATASETS else [])
+    if get(cfg, "model.name") == "resnet50" and get(cfg, "model.stem", "cifar") not in STEMS:
+        problems.append(f"model.stem={get(cfg, 'model.stem')!r}: not one of {', '.join(STEMS)}")
     for key, ok, allowed in rules:
         value = get(cfg, key, MISSING)
         if value is MISSING:
@@ -128,6 +141,14 @@ def check(cfg: dict) -> list[str]:
     if batch % procs:
         problems.append(f"train.batch_size={batch!r}: the global batch must divide evenly over "
                         f"launcher.nproc_per_node={procs!r} processes")
+    if get(cfg, "train.lr_warmup_epochs") >= get(cfg, "train.epochs"):
+        problems.append(f"train.lr_warmup_epochs={get(cfg, 'train.lr_warmup_epochs')!r}: must be less than "
+                        f"train.epochs={get(cfg, 'train.epochs')!r}")
+    if get(cfg, "data.name") in FOLDER_DATASETS and \
+            get(cfg, "data.folder.resize_size") < get(cfg, "data.folder.image_size"):
+        problems.append(f"data.folder.resize_size={get(cfg, 'data.folder.resize_size')!r}: must be >= "
+                        f"data.folder.image_size={get(cfg, 'data.folder.image_size')!r} "
+                        "(evaluation centre-crops the resized image)")
     if get(cfg, "tickets.lr_min") > get(cfg, "tickets.lr_max"):
         problems.append(f"tickets.lr_min={get(cfg, 'tickets.lr_min')!r}: must not exceed "
                         f"tickets.lr_max={get(cfg, 'tickets.lr_max')!r}")

@@ -14,15 +14,18 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
 from suptickets.artifacts import load_tensors, read_json, save_tensors, write_json
 
-DATASETS = ("fashion_mnist", "cifar10", "cifar100")
+if TYPE_CHECKING:
+    import pandas as pd
+
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")
+FOLDER_DATASETS = ("imagenet",)  # an ImageFolder tree: a manifest, not tensors (see imagefolder.py)
 SPLITS = ("train", "val", "test")
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -268,6 +271,9 @@ def load_raw(name: str, root: str | None = None, download: bool = False) -> Raw:
     if name not in DATASETS:
         raise DataError(f"data.name={name!r}: unknown data set, expected one of "
                         f"{', '.join(DATASETS)}")
+    if name in FOLDER_DATASETS:
+        raise DataError(f"data.name={name!r} is a folder data set: prepare writes a manifest for it "
+                        "(suptickets.imagefolder), not tensors")
     if name == "fashion_mnist":
         return _load_fashion_mnist(root, download)
     return _load_cifar(name, root, download)
@@ -408,6 +414,7 @@ def summary_tables(summary: Mapping) -> tuple[pd.DataFrame, pd.DataFrame]:
     averages). classes: one row per (split, label) in each split's class_counts — split, label,
     count (zero counts included).
     """
+    import pandas as pd  # only here: training processes (and a GPU image without pandas) never need it
     channels, height, width = (list(summary["shape"]) + [None, None, None])[:3]
     split_rows, class_rows = [], []
     for name, info in summary["splits"].items():

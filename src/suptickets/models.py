@@ -146,9 +146,23 @@ BUILDERS = {  # name -> (builder(shape, num_classes, **options), allowed option 
     "mlp": (_mlp, ("hidden", "batch_norm")),
     "resnet32": (_resnet32, ("width",)),
     "vgg19": (lambda shape, k: VGG(VGG19_CONFIG, shape[0], k), ()),
-    "resnet50": (lambda shape, k: ResNet(Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512],
-                                         [1, 2, 2, 2], shape[0], 64, k), ()),
+    "resnet50": (lambda shape, k, stem="cifar": _resnet50(shape, k, stem), ("stem",)),
 }
+STEMS = ("cifar", "imagenet")
+
+
+def _resnet50(shape, num_classes, stem="cifar"):
+    """stem=cifar: 3x3 stride-1 stem, no max-pool (the paper's CIFAR ResNet-50); stem=imagenet:
+    torchvision's ImageNet ResNet-50 (7x7 stride-2 stem and max-pool)."""
+    if stem == "imagenet":
+        from torchvision.models import resnet50
+
+        if shape[0] != 3:
+            raise ValueError(f"model.stem='imagenet' needs 3-channel images, got {shape[0]}")
+        return resnet50(weights=None, num_classes=num_classes)
+    if stem != "cifar":
+        raise ValueError(f"model.stem={stem!r} is not one of: {', '.join(STEMS)}")
+    return ResNet(Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512], [1, 2, 2, 2], shape[0], 64, num_classes)
 
 
 def init_weights(model: nn.Module) -> None:

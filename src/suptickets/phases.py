@@ -11,23 +11,31 @@ import torch.distributed as dist
 from torch import nn
 
 from .models import forward_flops
-from .schedules import multistep_lr, triangular_lr
+from .schedules import linear_warmup, multistep_lr, triangular_lr
 from .sparsity.engine import DST, GROW_RULE, Masked, init_masks, masks_of
 from .train import Batches, Speed, train_epochs
 
 log = logging.getLogger("suptickets")
 
 
-def step_lr(cfg: dict, epochs: int) -> Callable[[int, int], float]:
+def step_lr(cfg: dict, epochs: int, steps_per_epoch: int) -> Callable[[int, int], float]:
+    """The phases' lr: multi-step decay over `epochs`, after `train.lr_warmup_epochs` of linear warm-up."""
     t = cfg["train"]
-    return lambda epoch, i: multistep_lr(epoch, epochs, t["lr"], t["milestones"], t["gamma"])
+    warm = t.get("lr_warmup_epochs", 0) * steps_per_epoch
+    return lambda epoch, i: linear_warmup(epoch * steps_per_epoch + i, warm,
+                                          multistep_lr(epoch, epochs, t["lr"], t["milestones"], t["gamma"]))
+
+
+def loop_options(cfg: dict) -> dict:
+    """The shared loop's options that come straight from `train.*`."""
+    return {"speed": Speed.from_config(cfg["train"]), "label_smoothing": cfg["train"].get("label_smoothing", 0.0)}
 
 
 def dense(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, epochs: int,
           on_epoch: Callable[[dict], None], start_epoch: int = 0, step: int = 0) -> int:
     return train_epochs(model, optimizer, data["train"], data["val"], epochs=range(start_epoch, epochs),
-                        step=step, lr_at=step_lr(cfg, epochs), on_epoch=on_epoch, stage="dense",
-                        speed=Speed.from_config(cfg["train"]))
+                        step=step, lr_at=step_lr(cfg, epochs, len(data["train"])), on_epoch=on_epoch, stage="dense",
+                        **loop_options(cfg))
 
 
 class FlopsMeter:
@@ -78,9 +86,9 @@ def sparse_phase(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dic
         on_epoch(row)
 
     step = train_epochs(model, optimizer, data["train"], data["val"], epochs=range(start_epoch, epochs), step=step,
-                        lr_at=step_lr(cfg, epochs), masked=masked,
+                        lr_at=step_lr(cfg, epochs, spe), masked=masked,
                         on_grad=lambda step, epoch, i: rule.on_grad(masked, step),
-                        on_epoch=epoch_done, stage=stage, speed=Speed.from_config(cfg["train"]))
+                        on_epoch=epoch_done, stage=stage, **loop_options(cfg))
     rule.finish(masked)
     report_rank_checks(stage, masked)
     return step
@@ -123,7 +131,7 @@ def cycles(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, 
     start = first_epoch if start_epoch is None else start_epoch
     step = train_epochs(model, optimizer, data["train"], data["val"], epochs=range(start, last),
                         step=step, lr_at=lr_at, masked=masked, on_grad=on_grad, on_epoch=epoch_done,
-                        stage="tickets", speed=Speed.from_config(cfg["train"]))
+                        stage="tickets", **loop_options(cfg))
     report_rank_checks("tickets", masked)
     return step
 

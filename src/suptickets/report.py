@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .artifacts import atomic_path  # noqa: E402
-from .schedules import epoch_split, multistep_lr, triangular_lr  # noqa: E402
+from .schedules import epoch_split, linear_warmup, multistep_lr, triangular_lr  # noqa: E402
 from .schemas import HISTORY_COLUMNS, validate_history  # noqa: E402
 from .sparsity.masks import jaccard  # noqa: E402
 
@@ -120,7 +120,8 @@ def lr_per_step(cfg: Mapping, warmup: pd.DataFrame, tickets: pd.DataFrame) -> pd
 
     Columns: step (0-based global step index, the lr used for update step+1), lr, phase
     ("warmup"/"tickets"), cycle (0 in warmup, k = 1..M in the k-th cycle), epoch (1-based).
-    Warmup uses multistep_lr over its E − C epochs (train.lr, train.milestones, train.gamma);
+    Warmup uses multistep_lr over its E − C epochs (train.lr, train.milestones, train.gamma) after
+    train.lr_warmup_epochs of linear warm-up;
     each cycle of L epochs uses triangular_lr(lr_min → lr_max → lr_min) over its steps.
     """
     t, tr = cfg["tickets"], cfg["train"]
@@ -138,9 +139,11 @@ def lr_per_step(cfg: Mapping, warmup: pd.DataFrame, tickets: pd.DataFrame) -> pd
                          f"{expected[0]}..{expected[-1]}")
     rows = []
     step = 0
-    for epoch, n in zip(w_epochs, epoch_steps(warmup)):
+    per_epoch = epoch_steps(warmup)
+    warm_steps = tr.get("lr_warmup_epochs", 0) * (per_epoch[0] if per_epoch else 0)
+    for epoch, n in zip(w_epochs, per_epoch):
         lr = multistep_lr(epoch - 1, warmup_epochs, tr["lr"], tr["milestones"], tr["gamma"])
-        rows.extend((step + i, lr, "warmup", 0, epoch) for i in range(n))
+        rows.extend((step + i, linear_warmup(step + i, warm_steps, lr), "warmup", 0, epoch) for i in range(n))
         step += n
     counts = epoch_steps(tickets, start_step=int(warmup["step"].iloc[-1]))
     for k in range(n_tickets):

@@ -10,8 +10,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .artifacts import load_tensors, model_tensors, save_tensors, state_from_file
+from .artifacts import load_tensors, model_tensors, read_json, save_tensors, state_from_file
 from .data import load_prepared
+from .imagefolder import MANIFEST, load_folder_batches
 from .models import build_model
 from .sparsity.engine import attach_masks
 from .train import Batches, resolve_device
@@ -40,7 +41,12 @@ def setup(threads: int, device_name: str) -> torch.device:
 
 
 def load_batches(prepared: str | os.PathLike, cfg: dict, device: torch.device) -> tuple[dict[str, Batches], dict]:
-    """train (shuffled, augmented, last partial batch dropped), val and test batches on `device`."""
+    """train (shuffled, augmented, last partial batch dropped), val and test batches on `device`:
+    tensors held on the device (GPU-resident on CUDA), or, for a folder data set's manifest, a
+    DataLoader with worker processes (`imagefolder.FolderBatches`)."""
+    if (Path(prepared) / MANIFEST).is_file():
+        summary = read_json(Path(prepared) / "summary.json")
+        return load_folder_batches(Path(prepared), summary, cfg, device, *distributed()), summary
     splits, summary = load_prepared(prepared)
     mean, std = summary["mean"], summary["std"]
     train_cfg, aug = cfg["train"], cfg["data"]["augment"]
@@ -68,7 +74,15 @@ def new_model(cfg: dict, summary: dict, device: torch.device) -> nn.Module:
 
 
 def optimizer_for(model: nn.Module, train_cfg: dict) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=train_cfg["lr"], momentum=train_cfg["momentum"],
+    """SGD with momentum; `train.weight_decay_bn: false` exempts BatchNorm weights and biases from
+    weight decay (the ImageNet recipe), in a second parameter group."""
+    params = list(model.parameters())
+    if not train_cfg.get("weight_decay_bn", True):
+        norm = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                for p in m.parameters(recurse=False)}
+        params = [{"params": [p for p in params if id(p) not in norm]},
+                  {"params": [p for p in params if id(p) in norm], "weight_decay": 0.0}]
+    return torch.optim.SGD(params, lr=train_cfg["lr"], momentum=train_cfg["momentum"],
                            weight_decay=train_cfg["weight_decay"])
 
 

@@ -1,4 +1,5 @@
-"""Epoch budget split and learning-rate schedules (multi-step for phases, triangular for cycles)."""
+"""Epoch budget split and learning-rate schedules (multi-step for phases, with an optional linear
+warm-up, and triangular for cycles)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,11 @@ def triangular_lr(i: int, cycle_steps: int, lr_min: float, lr_max: float) -> flo
         raise ValueError(f"iteration {i} outside the cycle [0, {cycle_steps})")
     t = 0.0 if cycle_steps == 1 else i / (cycle_steps - 1)
     return lr_min + (lr_max - lr_min) * (1.0 - abs(2.0 * t - 1.0))
+
+
+def linear_warmup(step: int, warmup_steps: int, lr: float) -> float:
+    """lr scaled by (step + 1) / warmup_steps during the first `warmup_steps` steps (0-based), then lr:
+    the linear warm-up of large-batch ImageNet training (Goyal et al., 2017)."""
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return lr
+    return lr * (step + 1) / warmup_steps

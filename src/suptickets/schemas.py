@@ -268,3 +268,27 @@ def evaluation_schema() -> pa.DataFrameSchema:
 def validate_evaluation(df: pd.DataFrame) -> pd.DataFrame:
     """Validate the evaluation table: one row per model (extra columns pass unchecked)."""
     return _validate(evaluation_schema(), df, "evaluation table", ["model"])
+
+
+def manifest_schema(num_classes: int | None = None) -> pa.DataFrameSchema:
+    """A folder data set's manifest: one row per image (path relative to data.root, label, split)."""
+    label_checks = [pa.Check.ge(0)] + ([pa.Check.lt(num_classes)] if num_classes is not None else [])
+    return pa.DataFrameSchema(
+        {
+            "path": pa.Column(str, [pa.Check.str_length(min_value=1),
+                                    pa.Check(lambda s: ~s.str.startswith("/") & ~s.str.contains(r"(?:^|/)\.\.(?:/|$)"),
+                                             name="relative_inside_root",
+                                             error="paths must be relative to data.root, without '..'")],
+                              unique=True),
+            "label": pa.Column("int64", label_checks),
+            "split": pa.Column(str, pa.Check.isin(list(SPLITS))),
+        },
+        checks=[pa.Check(lambda df: set(SPLITS) <= set(df["split"]), name="all_splits_present",
+                         error=f"every split of {list(SPLITS)} must have images")],
+        strict=True, ordered=True, name="image manifest",
+    )
+
+
+def validate_manifest(df: pd.DataFrame, num_classes: int | None = None) -> pd.DataFrame:
+    """Validate an image manifest (columns path, label, split)."""
+    return _validate(manifest_schema(num_classes), df, "image manifest", ["path"])

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Sequence
 
 SECRET_WORDS = ("key", "token", "secret", "password")
+NOT_SETTINGS = ("tracking", "chain")  # where results go and which stages run, not what they compute
 
 
 def config_hash(cfg: dict) -> str:
     """A short, stable hash of the config without its tracking section (names a DVC-less group)."""
-    body = {k: v for k, v in cfg.items() if k != "tracking"}
+    body = {k: v for k, v in cfg.items() if k not in NOT_SETTINGS}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -26,6 +27,39 @@ def public_config(cfg: Any) -> Any:
     return cfg
 
 
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a.b.c": leaf} of a nested config (lists are leaves)."""
+    if isinstance(cfg, dict) and cfg:
+        out: dict[str, Any] = {}
+        for k, v in cfg.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: cfg}
+
+
+def overrides(cfg: dict, base: dict, given: Sequence[str] = ()) -> list[str]:
+    """What a sweep changed: the command line's own overrides `given` (Hydra's, e.g. one job of a
+    multirun; hydra.*, experiment= and the chain left out), then `key=value` for every other setting
+    where `cfg` differs from `base` (the preset it started from; `dvc exp run -S` arrives this way),
+    tracking and the chain excluded, in the config's order."""
+    skip = ("hydra", "experiment=", *NOT_SETTINGS)
+    literal = [o for o in given if not o.lstrip("+~").startswith(skip)]
+    named = {o.lstrip("+~").split("=")[0] for o in literal}
+    new, old = flatten(public_config({k: v for k, v in cfg.items() if k not in NOT_SETTINGS})), \
+        flatten({k: v for k, v in base.items() if k not in NOT_SETTINGS})
+    return literal + [f"{k}={json.dumps(v, separators=(',', ':')) if isinstance(v, (list, dict)) else v}"
+                      for k, v in new.items() if (k not in old or old[k] != v) and k not in named]
+
+
+def run_name(stage: str, label: str, changed: list[str], limit: int = 128) -> str:
+    """`<label> <overrides...> · <stage>`, shortened with '…' to at most `limit` characters."""
+    head = " ".join([label, *changed])
+    tail = f" · {stage}"
+    if len(head) + len(tail) > limit:
+        head = head[:limit - len(tail) - 1] + "…"
+    return head + tail
+
+
 class Run:
     """A thin handle over a wandb run (or nothing when disabled / not rank 0)."""
 
@@ -34,14 +68,18 @@ class Run:
 
     @classmethod
     def start(cls, *, stage: str, cfg: dict, group: str, directory: str, mode: str | None,
-              rank: int = 0) -> "Run":
+              rank: int = 0, changed: list[str] | None = None) -> "Run":
+        """One W&B run: grouped by experiment, the stage as job type, named by the preset and the
+        overrides `changed` (also in the run config as `overrides`, to filter on)."""
         if rank != 0 or mode == "disabled":
             return cls(None)
         import wandb
 
         w = cfg["tracking"]["wandb"]
+        changed = changed or []
         run = wandb.init(project=w["project"], entity=w.get("entity"), group=group, job_type=stage,
-                         name=f"{group}-{stage}", config=public_config(cfg), dir=directory, mode=mode,
+                         name=run_name(stage, str(cfg.get("name", "run")), changed),
+                         config={**public_config(cfg), "overrides": changed}, dir=directory, mode=mode,
                          reinit="create_new",
                          settings=wandb.Settings(silent=True, console="off", save_code=False,
                                                  x_disable_stats=True, disable_git=True))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import torch
@@ -58,9 +58,17 @@ class Batches:
     rank: int = 0        # under DDP each rank takes its share of every (global) batch
     world_size: int = 1
 
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
     def __len__(self) -> int:
         n = self.x.shape[0]
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def plain(self) -> "Batches":
+        """The same split in order, without augmentation, whole on every rank (BN recalibration)."""
+        return replace(self, shuffle=False, padding=0, flip=False, rank=0, world_size=1)
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.x.shape[0]
@@ -146,18 +154,28 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def progress_postfix(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, lr: float,
+                     masked: Masked | None) -> dict[str, str]:
+    """What the progress bar shows: this epoch's running loss and accuracy (this rank), lr, density."""
+    density = 1.0 if masked is None else masked.active() / masked.total()
+    return {"loss": f"{loss_sum.item() / max(seen, 1):.4f}", "acc": f"{correct.item() / max(seen, 1):.4f}",
+            "lr": f"{lr:.4g}", "density": f"{density:.4f}"}
+
+
 def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batches, val: Batches, *,
                  epochs: range, step: int, lr_at: Callable[[int, int], float],
                  masked: Masked | None = None, on_grad: Callable[[int, int, int], None] | None = None,
                  on_epoch: Callable[[dict], None] | None = None, stage: str = "train",
-                 speed: "Speed | None" = None) -> int:
+                 speed: "Speed | None" = None, label_smoothing: float = 0.0) -> int:
     """Train over `epochs` (0-based, absolute), starting at global `step`; returns the final step.
 
     Per step: lr ← lr_at(epoch, i); forward; backward; `on_grad(step, epoch, i)` (topology
     changes see the dense gradient); gradients masked; optimizer step; weights masked.
-    After each epoch `on_epoch(row)` gets the history row (epoch is 1-based).
+    After each epoch `on_epoch(row)` gets the history row (epoch is 1-based). `train` is a
+    `Batches` or any object with its interface (`device`, `len()`, `epoch(e)`), e.g. the
+    DataLoader-backed `imagefolder.FolderBatches`.
     """
-    device = train.x.device
+    device = train.device
     speed = speed or Speed()
     net = speed.wrap(wrap_ddp(model))
     for epoch in epochs:
@@ -175,7 +193,7 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batc
             optimizer.zero_grad(set_to_none=True)
             with speed.autocast(x.device):
                 out = net(speed.layout(x))
-                loss = F.cross_entropy(out.float(), y)
+                loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
             loss.backward()
             if on_grad is not None:
                 on_grad(step, epoch, i)
@@ -190,8 +208,8 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batc
             correct += (out.detach().argmax(1) == y).sum()
             seen += y.shape[0]
             step += 1
-            if not bar.disable and i % 50 == 0:  # only on a terminal: reading the loss syncs the device
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.4g}")
+            if not bar.disable and i % 50 == 0:  # only on a terminal: reading these syncs the device
+                bar.set_postfix(progress_postfix(loss_sum, correct, seen, lr, masked), refresh=False)
         totals = all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype),
                                              torch.tensor(float(seen), device=device)]))
         loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())

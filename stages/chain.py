@@ -1,0 +1,73 @@
+"""chain: run several stages in one process, in order: the unit of work of a Hydra multirun sweep
+outside DVC (SLURM through Hydra's submitit launcher, or submitit_local to try it).
+
+    python stages/chain.py -m hydra/launcher=submitit_slurm experiment=cifar10_resnet32 \
+        +chain=[warmup,tickets,superpose,evaluate] tickets.lr_max=0.005,0.01,0.05
+
+Each job works in its own folder (`hydra.sweep.dir/<job number>`): the chain's inputs that it does
+not produce itself are linked there from the project (see suptickets.sweep), its outputs and W&B
+runs stay there, next to Hydra's `.hydra/` record of the job's config and overrides. Without `-m`
+the chain runs in the project folder like the stage scripts do. `+chain` defaults to every stage
+after prepare.
+"""
+
+import os
+import sys
+from importlib import import_module
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# Job processes (submitit's, on this machine or a SLURM node) unpickle this script's function and
+# need the stage modules and the package: hand both folders down through the environment.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), str(HERE.parent / "src"),
+                                            *filter(None, [os.environ.get("PYTHONPATH")])])
+
+import hydra  # noqa: E402
+import yaml  # noqa: E402
+from _stage import TRAINING_STAGES, launch, stage  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from suptickets.sweep import chain_inputs, link_inputs  # noqa: E402
+
+DEFAULT_CHAIN = ["dense", "sparse_baseline", "warmup", "tickets", "superpose", "evaluate", "report"]
+
+
+def fail(message: str) -> None:
+    print(f"error: chain: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def job_folder() -> Path | None:
+    """This job's own folder in a multirun, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    return Path(hc.runtime.output_dir) if hc.mode == RunMode.MULTIRUN else None
+
+
+@hydra.main(version_base="1.3", config_path="../params", config_name="params")
+def main(cfg: DictConfig) -> None:
+    chain = list(OmegaConf.select(cfg, "chain", default=DEFAULT_CHAIN))
+    project = HERE.parent
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    try:
+        needed = chain_inputs(stages, chain)
+    except ValueError as err:
+        fail(str(err))
+    if cfg.launcher.nproc_per_node > 1 and any(s in TRAINING_STAGES for s in chain):
+        fail(f"launcher.nproc_per_node={cfg.launcher.nproc_per_node}: a chain runs one process per job; "
+             "for several GPUs per job run the stage scripts under torchrun")
+    job = job_folder()
+    if job is not None:
+        missing = link_inputs(Path.cwd(), job, needed)
+        if missing:
+            fail(f"{', '.join(missing)}: missing in {Path.cwd()}; run the stages that write them first "
+                 "(dvc repro), or start the chain earlier")
+        os.chdir(job)
+    for name in chain:
+        stage(name, import_module(name).run, cfg)
+
+
+if __name__ == "__main__":
+    launch(main)
