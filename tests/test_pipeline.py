@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, make_repo, run
+from project_copy import compose_params
 from test_report import read_wandb_records
 from suptickets.artifacts import load_tensors, state_from_file
 
@@ -18,10 +19,7 @@ pytestmark = pytest.mark.e2e
 
 
 def compose(overrides: list[str], out: Path) -> str:
-    from dvc.utils.hydra import compose_and_dump
-
-    compose_and_dump(str(out), str(ROOT / "params"), None, "params", "", overrides)
-    return out.read_text()
+    return compose_params(ROOT, overrides, out)
 
 
 def test_params_yaml_is_the_composition_of_params(tmp_path):

@@ -170,7 +170,8 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batc
     """Train over `epochs` (0-based, absolute), starting at global `step`; returns the final step.
 
     Per step: lr ← lr_at(epoch, i); forward; backward; `on_grad(step, epoch, i)` (topology
-    changes see the dense gradient); gradients masked; optimizer step; weights masked.
+    changes see the dense gradient); gradients masked; optimizer step; `masked.apply()` (weights
+    masked again, except after plain SGD, whose steps keep them at zero).
     After each epoch `on_epoch(row)` gets the history row (epoch is 1-based). `train` is a
     `Batches` or any object with its interface (`device`, `len()`, `epoch(e)`), e.g. the
     DataLoader-backed `imagefolder.FolderBatches`.
