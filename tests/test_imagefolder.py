@@ -186,3 +186,16 @@ def test_prepare_refuses_a_bad_image_and_leaves_nothing(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: prepare:")]
     assert len(errors) == 1 and "n03_004.JPEG: cannot decode image" in errors[0], proc.stderr
     assert not (repo / "data/prepared").exists()
+
+
+@pytest.mark.e2e
+def test_two_processes_train_on_an_image_folder_with_ranks_in_sync(tmp_path, tree):
+    repo = make_repo(tmp_path / "repo")
+    common = ["experiment=smoke", "data=imagenet", f"data.root={tree}", "data.val_fraction=0.25", "data.workers=1",
+              "data.folder.image_size=24", "data.folder.resize_size=28", "train.batch_size=8",
+              "train.eval_batch_size=16", "tracking.wandb.mode=disabled", "threads=1"]
+    run(repo, "python", "stages/prepare.py", *common)
+    proc = run(repo, "python", "stages/sparse_baseline.py", *common, "launcher.nproc_per_node=2",
+               "launcher.check_sync=true", timeout=900)
+    assert "masks and weights identical on all 2 ranks" in proc.stdout + proc.stderr, proc.stdout[-2000:]
+    assert json.loads((repo / "metrics/sparse_baseline.json").read_text())["val_acc"] >= 0.5
