@@ -82,10 +82,15 @@ class Stage:
         if self.rank == 0:
             runtime.save_model(path, model)
 
-    def done(self) -> None:
-        """The stage's outputs are written: its resume checkpoint is no longer needed."""
+    def done(self, flops_ratio: float | None = None) -> None:
+        """The stage's outputs are written: its resume checkpoint is no longer needed; one summary line."""
         if self.checkpoint is not None and self.rank == 0:
             self.checkpoint.clear()
+        if self.history:
+            last = self.history[-1]
+            flops = "" if flops_ratio is None else f", training FLOPs {flops_ratio:.3f}x dense"
+            log.info(f"{self.name}: done after epoch {last['epoch']}: val_acc {last['val_acc']:.4f} at density "
+                     f"{last['density']:.3f}{flops}")
 
     def write_history(self, path: str | None = None, extra: tuple[str, ...] = ("val_loss",)) -> None:
         import pandas as pd

@@ -32,7 +32,7 @@ def run(s: Stage) -> None:
     s.save_model("models/sparse_baseline.safetensors", model)
     s.write_history()
     s.write_metrics(metrics)
-    s.done()
+    s.done(metrics["flops_ratio"])
 
 
 @hydra.main(version_base="1.3", config_path="../params", config_name="params")

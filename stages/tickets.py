@@ -62,7 +62,7 @@ def run(s: Stage) -> None:
     s.write_history()
     s.write_metrics({"n_tickets": n_tickets, "tickets": {p["ticket"]: p for p in per_ticket},
                      "flops_ratio": flops.ratio})
-    s.done()
+    s.done(flops.ratio)
 
 
 @hydra.main(version_base="1.3", config_path="../params", config_name="params")

@@ -18,7 +18,7 @@ def run(s: Stage) -> None:
         runtime.save_optimizer("models/warmup.optim.safetensors", model, opt, step)
     s.write_history()
     s.write_metrics(metrics)
-    s.done()
+    s.done(metrics["flops_ratio"])
 
 
 @hydra.main(version_base="1.3", config_path="../params", config_name="params")
