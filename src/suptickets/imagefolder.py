@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 import torch
 
 from .data import SPLITS, DataError, normalize, stratified_split, stratified_subset
+from .train import batches_per_epoch, epoch_generator
 
 MANIFEST = "manifest.csv"
 FOLDERS = {"train": "train", "test": "val"}  # pipeline split -> folder under data.root
@@ -218,8 +219,7 @@ class FolderBatches:
     _sampler: _EpochSampler = field(default_factory=_EpochSampler, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
-        n = len(self.images)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return batches_per_epoch(len(self.images), self.batch_size, self.drop_last)
 
     def plain(self) -> "FolderBatches":
         """The same split in order, without augmentation, whole on every rank (BN recalibration)."""
@@ -229,8 +229,7 @@ class FolderBatches:
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.images)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)) \
-            if self.shuffle else torch.arange(n)
+        order = torch.randperm(n, generator=epoch_generator(self.seed, epoch)) if self.shuffle else torch.arange(n)
         self._sampler.batches = [
             [(i, epoch) for i in order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world_size].tolist()]
             for b in range(len(self))]

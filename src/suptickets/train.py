@@ -41,6 +41,10 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
 @dataclass
 class Batches:
     """Mini-batches of a tensor data set held on one device."""
@@ -63,8 +67,7 @@ class Batches:
         return self.x.device
 
     def __len__(self) -> int:
-        n = self.x.shape[0]
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return batches_per_epoch(self.x.shape[0], self.batch_size, self.drop_last)
 
     def plain(self) -> "Batches":
         """The same split in order, without augmentation, whole on every rank (BN recalibration)."""
