@@ -7,7 +7,7 @@ For CIFAR ResNet-50 (100 classes) and ResNet-32 (10 classes) at batch 128, in im
   `suptickets.data.augment` and normalisation, all on the GPU);
 - masked, GPU-resident data: the same with RigL masks at density 0.05 (ERK), `Masked.mask_grads`
   before and `Masked.apply` after the optimizer step (two `torch._foreach_mul_`), timed without
-  topology updates; the update (`DST.on_grad` on a due step) is timed on its own and also shown
+  topology updates; the update (`DST.update` on a due step, with the dense-gradient copy) is timed on its own and also shown
   amortised over `--update-frequency` steps;
 - dense, DataLoader: the same model fed by `torch.utils.data.DataLoader` (`--workers` workers, pinned
   memory) over an in-memory data set of PIL images with torchvision's RandomCrop(32, padding=4),
@@ -159,7 +159,8 @@ def bench_model(model_name: str, args, device) -> dict:
 
     from suptickets.models import build_model, forward_flops
     from suptickets.sparsity.engine import DST, Masked, init_masks
-    from suptickets.train import Batches
+    from suptickets.train import Batches, Speed
+    from suptickets.train import train_step as loop_step
 
     classes, mean, std = CIFAR[model_name]
     cuda = device.type == "cuda"
@@ -222,19 +223,11 @@ def bench_model(model_name: str, args, device) -> dict:
         net = torch.compile(model) if args.compile else model
         return {"model": model, "net": net, "opt": opt, "masked": masked, "rule": rule}
 
-    def train_step(side, xb, yb, step):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            out = side["net"](xb.contiguous(memory_format=fmt))
-            loss = F.cross_entropy(out, yb)
-        side["opt"].zero_grad(set_to_none=True)
-        loss.backward()
-        if side["rule"] is not None:
-            side["rule"].on_grad(side["masked"], step)
-        if side["masked"] is not None:
-            side["masked"].mask_grads()
-        side["opt"].step()
-        if side["masked"] is not None:
-            side["masked"].apply()
+    speed = Speed(amp="bf16" if args.bf16 else "none", channels_last=args.channels_last)
+
+    def train_step(side, xb, yb, step):  # the loop's own step (train.train_step)
+        loop_step(side["net"], side["opt"], xb, yb, step=step, masked=side["masked"], topology=side["rule"],
+                  speed=speed)
 
     dense, sparse = make(False), make(True)
     freq = args.update_frequency
@@ -286,7 +279,7 @@ def bench_model(model_name: str, args, device) -> dict:
         loss.backward()
         sync()
         t0 = time.perf_counter()
-        sparse["rule"].on_grad(sparse["masked"], freq * 10)
+        sparse["rule"].update(sparse["masked"], freq * 10, sparse["masked"].dense_grads())
         sync()
         update_times.append(time.perf_counter() - t0)
         sparse["masked"].mask_grads()

@@ -1,10 +1,10 @@
 """Per-step overhead of dynamic sparse training (RigL through `Masked` + `DST`) against dense training.
 
 Both sides run the project's own loop, `suptickets.train.train_epochs`, on the same random data and
-the same initial weights; the sparse side gets `masked=Masked(...)` and
-`on_grad=lambda step, e, i: rule.on_grad(masked, step)` exactly as `phases.sparse_phase` does, so
-every bit of masking work is inside the timed region (mask_grads, optimizer step, apply, and the
-topology update on due steps). One timed window is one call of `train_epochs` over one "epoch" of k
+the same initial weights; the sparse side gets `masked=Masked(...)` and `topology=rule` (a
+`DST`) exactly as `phases.sparse_phase` does, so every bit of masking work is inside the timed
+region (the dense-gradient copy and topology update on due steps, mask_grads, optimizer step,
+apply). One timed window is one call of `train_epochs` over one "epoch" of k
 steps (a data set of 128·k samples); the per-epoch validation pass runs on 8 samples only, so it is
 negligible next to k training steps (it is the same on both sides anyway). Dense and masked windows
 alternate (order swapped every repeat) after a warm-up; the figures are medians.
@@ -14,9 +14,9 @@ update falls inside the windows at its real rate. When it is shorter (ResNet-32,
 per step here), the windows avoid due steps and the update is timed on its own (median of a few calls
 after a real backward) and added as update / update_frequency: "amortised".
 
-`--mode step` times a per-step function that does exactly what the loop body does instead (set lr,
-zero_grad, forward, loss, backward, on_grad, mask_grads, optimizer step, apply), interleaving dense
-and masked step by step.
+`--mode step` times the loop's own step function (`train.train_step`: zero_grad, forward, loss,
+backward, mask_grads, optimizer step, apply, topology update when due) step by step, interleaving
+dense and masked.
 
 Also printed: a breakdown of the masking work measured in isolation (mask_grads, apply, the
 topology update) and the ratio it predicts, which is much less sensitive to a busy machine; the
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from suptickets.models import build_model
 from suptickets.sparsity.engine import DST, Masked, init_masks
-from suptickets.train import Batches, train_epochs
+from suptickets.train import Batches, set_lr, train_epochs, train_step
 
 from _common import busy_warning, median  # noqa: E402
 
@@ -67,42 +67,28 @@ class Side:
         self.model = build_model(name, shape, classes)
         self.model.load_state_dict(init)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
-        self.masked = self.rule = self.on_grad = None
+        self.masked = self.rule = None
         if sparse:
             init_masks(self.model, args.density, "erk", False, torch.Generator().manual_seed(0))
             self.masked = Masked(self.model, self.opt)
             # the default run's schedule: 30 epochs of 421 steps (Fashion-MNIST, batch 128)
             cfg = {"method": "rigl", "density": args.density, "update_frequency": args.update_frequency,
                    "prune_rate": 0.5, "prune_rate_decay": "cosine", "stop_fraction": 1.0}
-            self.rule = DST.from_config(cfg, steps_per_epoch=421, epochs=30, seed=0)
-            masked, rule = self.masked, self.rule
-            self.on_grad = lambda step, epoch, i: rule.on_grad(masked, step)
+            self.rule = DST.from_config(cfg, steps_per_epoch=421, epochs=30, budget_epochs=30, seed=0)
         self.lr = args.lr
 
     def window(self, train: Batches, val: Batches, epoch: int, step: int) -> float:
         """Seconds for one train_epochs call over one epoch of `train`."""
         t0 = time.perf_counter()
         train_epochs(self.model, self.opt, train, val, epochs=range(epoch, epoch + 1), step=step,
-                     lr_at=lambda e, i: self.lr, masked=self.masked, on_grad=self.on_grad, stage="bench")
+                     lr_at=lambda e, i: self.lr, masked=self.masked, topology=self.rule, stage="bench")
         return time.perf_counter() - t0
 
     def step(self, x, y, step: int) -> float:
-        """One step exactly as the loop body does it; seconds."""
+        """One step exactly as the loop takes it; seconds."""
         t0 = time.perf_counter()
-        for group in self.opt.param_groups:
-            group["lr"] = self.lr
-        self.opt.zero_grad(set_to_none=True)
-        out = self.model(x)
-        loss = F.cross_entropy(out, y)
-        loss.backward()
-        if self.on_grad is not None:
-            self.on_grad(step, 0, 0)
-        if self.masked is not None:
-            self.masked.mask_grads()
-        self.opt.step()
-        if self.masked is not None:
-            self.masked.apply()
-        loss.detach()
+        set_lr(self.opt, self.lr)
+        train_step(self.model, self.opt, x, y, step=step, masked=self.masked, topology=self.rule)
         return time.perf_counter() - t0
 
 
@@ -126,7 +112,7 @@ def breakdown(side: Side, x, y, calls: int, update_calls: int, due_step: int) ->
     out = {"mask_grads": timed(side.masked.mask_grads, calls), "apply": timed(side.masked.apply, calls),
            "optimizer_step": timed(side.opt.step, calls)}
     fresh_grads(side, x, y)
-    out["update"] = timed(lambda: side.rule.on_grad(side.masked, due_step), update_calls)
+    out["update"] = timed(lambda: side.rule.update(side.masked, due_step, side.masked.dense_grads()), update_calls)
     side.masked.mask_grads()
     side.opt.step()
     side.masked.apply()

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from torch.optim.swa_utils import update_bn
 
 from suptickets import runtime
-from suptickets.artifacts import load_tensors, state_from_file, write_text
+from suptickets.artifacts import write_text
 from suptickets.sparsity.engine import attach_masks, density_report
 from suptickets.superpose import superpose_steps
 from suptickets.train import evaluate
@@ -23,6 +23,16 @@ def model_files() -> list[Path]:
     return [Path("models/warmup.safetensors"), *tickets]
 
 
+def strict_state(path: Path, model, masked_keys: list[str]) -> dict:
+    """A ticket's (or T0's) weights, checked against the architecture; its masks must cover the
+    same layers as T0's."""
+    state, masks = runtime.read_model_file(path, model)
+    if set(masks) != set(masked_keys):
+        raise ValueError(f"{path}: masks {sorted(set(masks) ^ set(masked_keys))[:3]} differ from "
+                         f"models/warmup.safetensors's masked layers")
+    return state
+
+
 def run(s: Stage) -> None:
     cfg, sp = s.cfg, s.cfg["superpose"]
     device = runtime.setup(cfg["threads"], cfg["device"])
@@ -30,15 +40,15 @@ def run(s: Stage) -> None:
     bn_batches = data["train"].plain()
     model = runtime.new_model(cfg, summary, device)
     files = model_files()
-    _, masks0 = state_from_file(load_tensors(files[0]))
+    _, masks0 = runtime.read_model_file(files[0], model)
     keys = list(masks0)
     counts = [int(m.sum()) for m in masks0.values()]
-    states = (state_from_file(load_tensors(f, device))[0] for f in files)
+    states = (strict_state(f, model, keys) for f in files)
     rows = []
     for k, state, masks in superpose_steps(states, method=sp["method"], cima_factor=sp["cima_factor"],
                                            reprune_mode=sp["reprune"], masked_keys=keys, counts=counts,
                                            scope=sp["scope"]):
-        model.load_state_dict(state, strict=False)
+        model.load_state_dict(state, strict=False)  # every weight key was checked; only the mask buffers are absent
         attach_masks(model, {n: masks[n] for n in keys})
         if sp["bn_update"]:
             update_bn(bn_batches.epoch(), model)

@@ -29,7 +29,7 @@ def run(s: Stage) -> None:
     model = runtime.load_model(WARMUP, runtime.new_model(cfg, summary, device))
     opt = runtime.optimizer_for(model, cfg["train"])
     step = runtime.load_optimizer(WARMUP_OPTIM, model, opt)
-    flops = phases.FlopsMeter(model, summary["shape"], cfg["dst"]["method"], None)
+    flops = phases.FlopsMeter(model, summary["shape"], cfg["dst"]["method"], None, topology_updates=False)
     start = s.resume(model, opt, ["data/prepared", WARMUP, WARMUP_OPTIM])
     flops.restore(start["extra"].get("flops", {}))
     per_ticket = start["extra"].get("tickets", [])

@@ -35,7 +35,10 @@ BAD = [
     (["superpose.reprune=never"], "superpose.reprune='never': not one of each, final"),
     (["superpose.scope=row"], "superpose.scope='row': not one of global, layerwise"),
     (["dst=granet", "dst.init_density=0.01"], "dst.init_density=0.01: must be >= dst.density=0.05"),
-    (["dst=granet", "dst.final_prune_epoch=29"], "dst.final_prune_epoch=29: must be <="),
+    (["dst=granet", "dst.final_prune_fraction=0.9"], "dst.final_prune_fraction=0.9: GraNet's pruning ends at epoch 27"),
+    (["dst=granet", "dst.init_prune_fraction=0.5"], "dst.init_prune_fraction=0.5: must be < dst.final_prune_fraction"),
+    (["dst=granet", "train.epochs=2", "tickets.cycle_rate=0.5", "tickets.cycle_epochs=1"],
+     "dst.final_prune_fraction=0.44: GraNet's pruning window is empty"),
     (["data.val_fraction=1.0"], "data.val_fraction=1.0: expected a number in (0, 1)"),
     (["dst.distribution=gaussian"], "dst.distribution='gaussian': not one of erk, uniform"),
     (["device=tpu"], "device='tpu': not one of auto, cpu, cuda"),
@@ -47,6 +50,30 @@ BAD = [
 def composed(overrides: list[str]) -> dict:
     with initialize_config_dir(str(ROOT / "params"), version_base="1.3"):
         return OmegaConf.to_container(compose("params", overrides=overrides), resolve=True)
+
+
+def test_every_preset_with_granet_prunes_over_the_reference_window():
+    """epochs 0 to floor(0.44·E) of the budget (110 of 250 in the paper's CIFAR recipes), the same
+    absolute steps in sparse_baseline (E epochs) and warmup (E − C), ending within the warmup."""
+    import math
+
+    from suptickets.schedules import epoch_split
+    from suptickets.sparsity.engine import DST
+
+    presets = sorted(p.stem for p in (ROOT / "params/experiment").glob("*.yaml"))
+    assert {"smoke", "fashion_mnist", "cifar10_resnet32"} <= set(presets)
+    for preset in presets:
+        cfg = composed([f"experiment={preset}", "dst=granet"])
+        assert check(cfg) == [], preset
+        d, epochs = cfg["dst"], cfg["train"]["epochs"]
+        assert d["method"] == "granet" and (d["init_prune_fraction"], d["final_prune_fraction"]) == (0, 0.44), preset
+        warmup, _, _ = epoch_split(epochs, cfg["tickets"]["cycle_rate"], cfg["tickets"]["cycle_epochs"])
+        baseline = DST.from_config(d, steps_per_epoch=7, epochs=epochs, budget_epochs=epochs, seed=0)
+        warm = DST.from_config(d, steps_per_epoch=7, epochs=warmup, budget_epochs=epochs, seed=0)
+        assert (baseline.prune_start_step, baseline.prune_end_step) == (warm.prune_start_step, warm.prune_end_step)
+        assert warm.prune_start_step == 0 and warm.prune_end_step == 7 * math.floor(0.44 * epochs) <= 7 * warmup
+        if epochs == 250:
+            assert warm.prune_end_step == 7 * 110, preset
 
 
 def test_the_default_and_every_preset_are_valid():

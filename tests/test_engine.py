@@ -30,7 +30,7 @@ def dst_cfg(method: str, density: float = 0.2, **extra) -> dict:
     cfg = {"method": method, "density": density, "distribution": "erk", "keep_first_dense": False,
            "update_frequency": 4, "prune_rate": 0.5, "prune_rate_decay": "cosine", "stop_fraction": 1.0}
     if method == "granet":
-        cfg.update(init_density=0.6, init_prune_epoch=0, final_prune_epoch=2)
+        cfg.update(init_density=0.6, init_prune_fraction=0.0, final_prune_fraction=0.5)  # epochs 0-2 of 4
     cfg.update(extra)
     return cfg
 
@@ -41,7 +41,7 @@ def setup(method: str, **extra):
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     train, val = toy_data()
     cfg = dst_cfg(method, **extra)
-    rule = DST.from_config(cfg, steps_per_epoch=len(train), epochs=4, seed=0)
+    rule = DST.from_config(cfg, steps_per_epoch=len(train), epochs=4, budget_epochs=4, seed=0)
     init_masks(model, rule.initial_density, "erk", False, torch.Generator().manual_seed(0))
     return model, opt, train, val, rule, Masked(model, opt)
 
@@ -50,11 +50,41 @@ def outside_is_zero(masked: Masked) -> None:
     for w, m in zip(masked.weights, masked.masks):
         off = m == 0
         assert (w[off] == 0).all()
-        if w.grad is not None:
-            pass
         buf = masked.optimizer.state.get(w, {}).get("momentum_buffer")
         if buf is not None:
             assert (buf[off] == 0).all()
+
+
+class Checked:
+    """A topology rule wrapped with the checks of the invariants: asked `due` after every backward
+    (the state the previous step left), and around every `update`."""
+
+    def __init__(self, rule, masked: Masked, opt):
+        self.rule, self.masked, self.opt = rule, masked, opt
+        self.updates, self.steps, self.grown = 0, 0, None
+        self.total = masked.total()
+
+    def due(self, step, epoch, i):
+        outside_is_zero(self.masked)  # state after the previous optimizer step (and update)
+        if self.grown is not None:
+            # the previous update regrew these positions after its optimizer step: still exactly 0 with
+            # zero momentum, since they first move on the step that follows
+            for w, g in zip(self.masked.weights, self.grown):
+                assert (w[g] == 0).all()
+                buf = self.opt.state[w].get("momentum_buffer")
+                assert buf is None or (buf[g] == 0).all()
+            self.grown = None
+        self.steps += 1
+        return self.rule.due(step, epoch, i)
+
+    def update(self, masked, step, grads):
+        before = [m.clone() for m in masked.masks]
+        counts = [int(m.sum()) for m in masked.masks]
+        self.rule.update(masked, step, grads)
+        self.updates += 1
+        assert any(not torch.equal(b, m) for b, m in zip(before, masked.masks)), f"step {step}: no mask changed"
+        self.grown = [(m > 0) & (b == 0) for b, m in zip(before, masked.masks)]
+        return before, counts
 
 
 @pytest.mark.parametrize("method", ["set", "rigl", "granet"])
@@ -62,44 +92,80 @@ def test_invariants_hold_after_every_optimizer_step(method):
     model, opt, train, val, rule, masked = setup(method)
     total = masked.total()
     layer_budget = [int(m.sum()) for m in masked.masks]
-    seen = {"updates": 0, "steps": 0}
 
-    def on_grad(step, epoch, i):
-        outside_is_zero(masked)  # state after the previous optimizer step
-        before = [m.clone() for m in masked.masks]
-        counts = [int(m.sum()) for m in masked.masks]
-        rule.on_grad(masked, step)
-        after = [int(m.sum()) for m in masked.masks]
-        changed = any(not torch.equal(b, m) for b, m in zip(before, masked.masks))
-        if rule.due(step):
-            seen["updates"] += 1
-            assert changed, f"step {step}: a due update changed no mask"
-            grown = [(m > 0) & (b == 0) for b, m in zip(before, masked.masks)]
-            for w, g in zip(masked.weights, grown):
-                assert (w[g] == 0).all()
-                buf = opt.state[w].get("momentum_buffer")
-                assert buf is None or (buf[g] == 0).all()
+    class Counted(Checked):
+        def update(self, masked, step, grads):
+            before, counts = super().update(masked, step, grads)
+            after = [int(m.sum()) for m in masked.masks]
             if method == "granet":
-                expected = round(cubic_density(step, rule.prune_start_step, rule.prune_end_step,
-                                               0.6, 0.2) * total)
+                expected = round(cubic_density(step, rule.prune_start_step, rule.prune_end_step, 0.6, 0.2) * total)
                 assert sum(after) == min(sum(counts), expected)
             else:
-                assert after == counts  # prune-and-regrow keeps every layer's count
-        else:
-            assert not changed
-        if method != "granet":
-            assert after == layer_budget
-        seen["steps"] += 1
+                assert after == counts == layer_budget  # prune-and-regrow keeps every layer's count
 
+    checked = Counted(rule, masked, opt)
     train_epochs(model, opt, train, val, epochs=range(4), step=0, lr_at=lambda e, i: 0.05,
-                 masked=masked, on_grad=on_grad)
+                 masked=masked, topology=checked)
     rule.finish(masked)
     outside_is_zero(masked)
-    assert seen["updates"] == (4 * len(train) - 1) // 4
+    assert checked.steps == 4 * len(train)
+    assert checked.updates == (4 * len(train) - 1) // 4
     if method == "granet":
         assert masked.active() == round(0.2 * total)
     else:
         assert masked.active() == sum(layer_counts([tuple(w.shape) for w in masked.weights], 0.2, "erk"))
+
+
+@pytest.mark.parametrize("method", ["set", "rigl", "granet"])
+def test_update_comes_after_the_optimizer_step_on_that_steps_dense_gradient(method):
+    """The update prunes the smallest |w| of the weights *after* the step and (RigL, GraNet) regrows
+    where the dense gradient of the step's minibatch was largest; in the old order (update before
+    the step) the regrown weights would have moved by −lr·g on that same step."""
+    model, opt, train, val, rule, masked = setup(method)
+    seen = {}
+
+    class Recorder:
+        def due(self, step, epoch, i):
+            return step == 4
+
+        def update(self, masked, step, grads):
+            seen["weights"] = [w.detach().clone() for w in masked.weights]
+            seen["grads"] = grads
+            seen["masks"] = [m.bool().clone() for m in masked.masks]
+            seen["momentum"] = [opt.state[w]["momentum_buffer"].clone() for w in masked.weights]
+            rule.update(masked, step, grads)
+            seen["after"] = [m.bool().clone() for m in masked.masks]
+            seen["weights_after"] = [w.detach().clone() for w in masked.weights]
+
+    batches = list(train.epoch(0))[:5]
+    class Five:
+        device = train.device
+        def __len__(self):
+            return 5
+        def epoch(self, e):
+            return iter(batches)
+
+    train_epochs(model, opt, Five(), val, epochs=range(1), step=0, lr_at=lambda e, i: 0.05, masked=masked,
+                 topology=Recorder())
+    # the dense gradient handed over is the step's unmasked one: nonzero outside the masks too
+    assert all(g is not None for g in seen["grads"])
+    assert all(bool((g[~m] != 0).any()) for g, m in zip(seen["grads"], seen["masks"]) if not m.all())
+    # every regrown position ends the update at weight 0 and momentum 0 ...
+    for w, buf, b, a in zip(seen["weights_after"], [opt.state[w]["momentum_buffer"] for w in masked.weights],
+                            seen["masks"], seen["after"]):
+        grown = a & ~b
+        assert (w[grown] == 0).all() and (buf[grown] == 0).all()
+    # ... and the weights the update saw were already stepped: their momentum is the post-step one
+    assert all(bool((mom[m] != 0).any()) for mom, m in zip(seen["momentum"], seen["masks"]))
+    if method == "rigl":
+        # the regrown positions are the largest |dense gradient| among those inactive after pruning
+        for w, g, b, a in zip(seen["weights"], seen["grads"], seen["masks"], seen["after"]):
+            grown = a & ~b
+            n = int(grown.sum())
+            pruned = b & ~a
+            eligible = ~b | pruned
+            score = g.abs().masked_fill(~eligible, -1).flatten()
+            assert n == 0 or bool(score[grown.flatten()].min() >= score.topk(n).values.min())
 
 
 def test_rigl_regrows_where_the_dense_gradient_is_largest_and_set_does_not():
@@ -109,7 +175,8 @@ def test_rigl_regrows_where_the_dense_gradient_is_largest_and_set_does_not():
         torch.nn.functional.cross_entropy(model(x), y).backward()
         before = [m.bool().clone() for m in masked.masks]
         grads = [w.grad.clone() for w in masked.weights]
-        masked.prune_and_regrow(0.5, "gradient" if method == "rigl" else "random", torch.Generator().manual_seed(1))
+        masked.prune_and_regrow(0.5, "gradient" if method == "rigl" else "random", torch.Generator().manual_seed(1),
+                                masked.dense_grads())
         hits = []
         for b, m, g, w in zip(before, masked.masks, grads, masked.weights):
             grown = m.bool() & ~b
@@ -127,7 +194,7 @@ def test_rigl_regrows_where_the_dense_gradient_is_largest_and_set_does_not():
 def test_masks_survive_state_dict_and_safetensors_round_trip(tmp_path):
     model, opt, train, val, rule, masked = setup("rigl")
     train_epochs(model, opt, train, val, epochs=range(1), step=0, lr_at=lambda e, i: 0.05,
-                 masked=masked, on_grad=lambda s, e, i: rule.on_grad(masked, s))
+                 masked=masked, topology=rule)
     model.eval()
     x, _ = next(val.epoch())
     out = model(x)
@@ -173,17 +240,11 @@ def train_twice(method: str, make_opt, steps_epochs: int = 4):
         opt = make_opt(model.parameters())
         masked = Masked(model, opt)
         masked.apply_each_step = masked.apply_each_step or force_apply
-        checks = {"steps": 0}
-
-        def on_grad(step, epoch, i, masked=masked, rule=rule, checks=checks):
-            outside_is_zero(masked)  # state after the previous optimizer step, before any apply
-            rule.on_grad(masked, step)
-            checks["steps"] += 1
-
+        checked = Checked(rule, masked, opt)
         train_epochs(model, opt, train, val, epochs=range(steps_epochs), step=0, lr_at=lambda e, i: 0.05,
-                     masked=masked, on_grad=on_grad)
+                     masked=masked, topology=checked)
         outside_is_zero(masked)
-        assert checks["steps"] == steps_epochs * len(train)
+        assert checked.steps == steps_epochs * len(train)
         runs.append((model, opt, masked))
     return runs
 
@@ -228,7 +289,7 @@ def test_other_optimizers_keep_apply():
         assert masked.apply_each_step
         masked.apply_each_step = apply
         train_epochs(model, opt, train, val, epochs=range(2), step=0, lr_at=lambda e, i: 0.01,
-                     masked=masked, on_grad=lambda s, e, i: rule.on_grad(masked, s))
+                     masked=masked, topology=rule)
         return sum(int((w[m == 0] != 0).sum()) for w, m in zip(masked.weights, masked.masks))
 
     assert adam_run(apply=True) == 0
@@ -256,3 +317,40 @@ def test_mask_grads_masks_the_gradients_present_when_one_is_missing():
     masked.mask_grads()
     for w, m in zip(masked.weights[1:], masked.masks[1:]):
         assert (w.grad[m == 0] == 0).all()
+
+
+def test_model_files_are_read_strictly_naming_the_key_and_the_file(tmp_path):
+    """Only `mask.*` keys may differ from the architecture's state_dict: a missing or extra weight,
+    a wrong shape, or a mask for something that is not a Conv2d/Linear weight is refused."""
+    from safetensors.torch import save_file
+
+    from suptickets.runtime import read_model_file
+
+    model, opt, train, val, rule, masked = setup("rigl")
+    save_model(tmp_path / "ok.safetensors", model)
+    good = load_tensors(tmp_path / "ok.safetensors")
+    fresh = lambda: build_model("mlp", SHAPE, CLASSES, hidden=[32, 16])  # noqa: E731
+    state, masks = read_model_file(tmp_path / "ok.safetensors", fresh())
+    assert set(masks) == {n for n, _ in maskable(model)} and "net.1.weight" in state
+
+    def broken(name, change):
+        tensors = dict(good)
+        change(tensors)
+        save_file(tensors, str(tmp_path / name))
+        return tmp_path / name
+
+    cases = {
+        "missing.safetensors": (lambda t: t.pop("net.2.running_mean"), "missing net.2.running_mean"),
+        "extra.safetensors": (lambda t: t.__setitem__("net.9.weight", torch.zeros(3)), "unexpected net.9.weight"),
+        "shape.safetensors": (lambda t: t.__setitem__("net.1.weight", torch.zeros(32, 63)),
+                              "net.1.weight: shape (32, 63), expected (32, 64)"),
+        "mask.safetensors": (lambda t: t.__setitem__("mask.net.2.weight", torch.ones(32, dtype=torch.uint8)),
+                             "unexpected mask.net.2.weight"),
+    }
+    for name, (change, message) in cases.items():
+        path = broken(name, change)
+        with pytest.raises(ValueError, match="does not fit model MLP") as err:
+            read_model_file(path, fresh())
+        assert str(path) in str(err.value) and message in str(err.value), str(err.value)
+        with pytest.raises(ValueError, match=message.split(":")[0]):
+            load_model(path, fresh())

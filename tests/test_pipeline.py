@@ -127,7 +127,7 @@ def _wait_for_queue(repo: Path, timeout: float = 600) -> None:
     raise AssertionError("queue did not finish in time")
 
 
-@pytest.mark.parametrize("overrides", [["dst=set"], ["dst=granet", "dst.final_prune_epoch=3"], ["dst.density=0.02"]],
+@pytest.mark.parametrize("overrides", [["dst=set"], ["dst=granet", "dst.density=0.02"], ["dst.density=0.02"]],
                          ids=["set", "granet", "density-0.02"])
 def test_other_methods_and_densities_run_through_dvc_exp_run(smoke_repo, overrides):
     run(smoke_repo, "dvc", "exp", "run", "-S", "experiment=smoke", *[a for o in overrides for a in ("-S", o)])

@@ -19,7 +19,7 @@ from test_engine import CLASSES, SHAPE, dst_cfg, toy_data
 
 
 def cfg(**over) -> dict:
-    c = {"seed": 0, "train": {"lr": 0.05, "milestones": [0.5, 0.75], "gamma": 0.1},
+    c = {"seed": 0, "train": {"epochs": 4, "lr": 0.05, "milestones": [0.5, 0.75], "gamma": 0.1},
          "dst": dst_cfg("rigl"),
          "tickets": {"cycle_epochs": 2, "lr_min": 0.001, "lr_max": 0.01, "re_explore_rate": 0.5}}
     c.update(over)
@@ -79,7 +79,8 @@ def test_cycles_set_the_triangular_lr_every_step_reexplore_once_per_cycle_and_sa
         before["m"] = now
 
     end = phases.cycles(model, opt, data, c, first_epoch=2, n_tickets=3, step=step, on_epoch=on_epoch,
-                        on_ticket=lambda k, row: tickets.append(k), flops=phases.FlopsMeter(model, SHAPE, "rigl", None))
+                        on_ticket=lambda k, row: tickets.append(k),
+                        flops=phases.FlopsMeter(model, SHAPE, "rigl", None, topology_updates=False))
     assert end == step + 6 * spe
     assert tickets == [1, 2, 3]
     cycle = [triangular_lr(i, 2 * spe, 0.001, 0.01) for i in range(2 * spe)]
@@ -96,8 +97,50 @@ def test_flops_ratio_of_sparse_training_is_near_its_density():
                         stage="sparse_baseline", flops=flops)
     assert 0.15 < flops.ratio < 0.25  # density 0.2 over the masked layers: SET costs 3·f_S per step
     rigl = phases.FlopsMeter(model, SHAPE, "rigl", 4)
-    rigl.add(10)
+    rigl.begin(0)
+    rigl.advance(10)
     assert rigl.ratio > flops.ratio  # RigL pays a dense gradient every ΔT steps
+
+
+def test_flops_count_the_density_each_step_used_while_granet_prunes():
+    """GraNet starts at density 0.6 and prunes to 0.2 by the end of epoch 2 of 4: the FLOPs ratio is
+    the step-weighted mean of the densities in use, above what the final masks alone would give."""
+    model, opt, data = fresh()
+    spe = len(data["train"])
+    flops = phases.FlopsMeter(model, SHAPE, "granet", 4)
+    phases.sparse_phase(model, opt, data, cfg(dst=dst_cfg("granet")), epochs=4, on_epoch=lambda r: None,
+                        stage="sparse_baseline", flops=flops)
+    final = phases.FlopsMeter(model, SHAPE, "granet", 4)
+    final.begin(0)
+    final.advance(4 * spe)  # what counting every step at the final masks gives
+    assert flops.counted_to == 4 * spe
+    assert flops.ratio > 1.2 * final.ratio
+    # a step-by-step reference: the cost of each step from the masks in use at that step
+    model2, opt2, data2 = fresh()
+    ref = phases.FlopsMeter(model2, SHAPE, "granet", 4)
+    per_step = []
+
+    class Spy:
+        def __init__(self):
+            self.rule = None
+
+        def due(self, step, epoch, i):
+            ref.refresh()
+            per_step.append(ref.per_step)
+            return self.rule.due(step, epoch, i)
+
+        def update(self, masked, step, grads):
+            self.rule.update(masked, step, grads)
+
+    from suptickets.sparsity.engine import DST, Masked, init_masks
+    rule = DST.from_config(dst_cfg("granet"), steps_per_epoch=spe, epochs=4, budget_epochs=4, seed=0)
+    init_masks(model2, rule.initial_density, "erk", False, torch.Generator().manual_seed(0))
+    spy = Spy()
+    spy.rule = rule
+    from suptickets.train import train_epochs as loop
+    loop(model2, opt2, data2["train"], data2["val"], epochs=range(4), step=0,
+         lr_at=phases.step_lr(cfg(), 4, spe), masked=Masked(model2, opt2), topology=spy)
+    assert flops.cost == pytest.approx(sum(per_step), rel=1e-9)
 
 
 def test_bn_update_changes_only_running_statistics():
@@ -125,9 +168,10 @@ def _sparse_run(speed, model_name="mlp", steps_epochs=1, lr=0.05, dst=True):
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     train, val = toy_data(n=128)
     masked = Masked(model, opt)
-    rule = DST.from_config(dst_cfg("rigl"), steps_per_epoch=len(train), epochs=steps_epochs, seed=0)
+    rule = DST.from_config(dst_cfg("rigl"), steps_per_epoch=len(train), epochs=steps_epochs,
+                           budget_epochs=steps_epochs, seed=0)
     train_epochs(model, opt, train, val, epochs=range(steps_epochs), step=0, lr_at=lambda e, i: lr,
-                 masked=masked, on_grad=(lambda s, e, i: rule.on_grad(masked, s)) if dst else None, speed=speed)
+                 masked=masked, topology=rule if dst else None, speed=speed)
     for w, m in zip(masked.weights, masked.masks):
         assert (w[m == 0] == 0).all()  # masked entries exactly zero on every path
     return model

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from .data import DATASETS, FOLDER_DATASETS
 from .models import MODEL_NAMES, STEMS
-from .schedules import epoch_split
+from .schedules import epoch_split, prune_window
 
 SECTIONS = ("data", "model", "train", "dst", "tickets", "superpose", "tracking", "launcher")
 DST_METHODS = ("set", "rigl", "granet")
@@ -91,8 +91,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 ]
 GRANET_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("dst.init_density", lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    ("dst.init_prune_epoch", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
-    ("dst.final_prune_epoch", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("dst.init_prune_fraction", lambda v: _number(v) and 0 <= v < 1, "a fraction of train.epochs in [0, 1)"),
+    ("dst.final_prune_fraction", lambda v: _number(v) and 0 < v <= 1, "a fraction of train.epochs in (0, 1]"),
 ]
 FOLDER_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.root", lambda v: isinstance(v, str) and v != "", "the folder holding train/ and val/"),
@@ -162,12 +162,19 @@ def check(cfg: dict) -> list[str]:
         d, d0 = get(cfg, "dst.density"), get(cfg, "dst.init_density")
         if d0 < d:
             problems.append(f"dst.init_density={d0!r}: must be >= dst.density={d!r} (GraNet prunes down to it)")
-        first, last = get(cfg, "dst.init_prune_epoch"), get(cfg, "dst.final_prune_epoch")
+        first, last = get(cfg, "dst.init_prune_fraction"), get(cfg, "dst.final_prune_fraction")
+        epochs = get(cfg, "train.epochs")
         if first >= last:
-            problems.append(f"dst.init_prune_epoch={first!r}: must be < dst.final_prune_epoch={last!r}")
-        if warmup is not None and last > warmup:
-            problems.append(f"dst.final_prune_epoch={last!r}: must be <= the warmup's {warmup} epochs "
-                            f"(train.epochs minus the cyclic epochs)")
+            problems.append(f"dst.init_prune_fraction={first!r}: must be < dst.final_prune_fraction={last!r}")
+        else:
+            start, end = prune_window(first, last, epochs)
+            if end <= start:
+                problems.append(f"dst.final_prune_fraction={last!r}: GraNet's pruning window is empty with "
+                                f"train.epochs={epochs!r} (epochs {start} to {end}); widen it or train longer")
+            elif warmup is not None and end > warmup:
+                problems.append(f"dst.final_prune_fraction={last!r}: GraNet's pruning ends at epoch {end} of "
+                                f"train.epochs={epochs!r}, after the warmup's {warmup} epochs (train.epochs minus "
+                                f"the cyclic epochs); lower it to at most {warmup / epochs:.4g}")
     return problems
 
 

@@ -190,23 +190,15 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
     return model
 
 
-def forward_flops(model: nn.Module, input_shape: tuple[int, int, int],
-                  masks: dict[str, torch.Tensor] | None = None) -> float:
-    """FLOPs (2 * MACs) of one forward pass for one sample, Conv2d and Linear layers only.
-
-    With `masks`, each layer's cost is scaled by the fraction of nonzero entries in its weight
-    mask (keyed by parameter name, e.g. "layer1.0.conv1.weight"); layers without a mask are dense.
-    """
-    masks = masks or {}
-    total = 0.0
+def layer_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, float]:
+    """Dense FLOPs (2 * MACs) of one forward pass for one sample, per Conv2d / Linear weight, keyed by
+    parameter name (e.g. "layer1.0.conv1.weight"); measured with forward hooks on a zero input."""
+    found: dict[str, float] = {}
 
     def hook(name: str):
         def count(module: nn.Module, inputs, output: torch.Tensor) -> None:
-            nonlocal total
-            macs = output.numel() * module.weight[0].numel()
-            mask = masks.get(f"{name}.weight" if name else "weight")
-            density = 1.0 if mask is None else float(mask.count_nonzero()) / mask.numel()
-            total += 2.0 * macs * density
+            key = f"{name}.weight" if name else "weight"
+            found[key] = found.get(key, 0.0) + 2.0 * output.numel() * module.weight[0].numel()
         return count
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
@@ -223,4 +215,25 @@ def forward_flops(model: nn.Module, input_shape: tuple[int, int, int],
             h.remove()
         for m, training in modes.items():
             m.training = training
+    return found
+
+
+def sparse_flops(dense: dict[str, float], masks: dict[str, torch.Tensor] | None = None) -> float:
+    """Forward FLOPs with each layer of `dense` (from `layer_flops`) scaled by the fraction of nonzero
+    entries of its weight mask; layers without a mask count dense."""
+    masks = masks or {}
+    total = 0.0
+    for name, flops in dense.items():
+        mask = masks.get(name)
+        total += flops if mask is None else flops * float(mask.count_nonzero()) / mask.numel()
     return total
+
+
+def forward_flops(model: nn.Module, input_shape: tuple[int, int, int],
+                  masks: dict[str, torch.Tensor] | None = None) -> float:
+    """FLOPs (2 * MACs) of one forward pass for one sample, Conv2d and Linear layers only.
+
+    With `masks`, each layer's cost is scaled by the fraction of nonzero entries in its weight
+    mask (keyed by parameter name, e.g. "layer1.0.conv1.weight"); layers without a mask are dense.
+    """
+    return sparse_flops(layer_flops(model, input_shape), masks)

@@ -10,9 +10,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .models import forward_flops
+from .models import layer_flops, sparse_flops
 from .schedules import linear_warmup, multistep_lr, triangular_lr
-from .sparsity.engine import DST, GROW_RULE, Masked, init_masks, masks_of
+from .sparsity.engine import DST, Masked, ReExplore, Topology, init_masks, masks_of
 from .train import Batches, Speed, train_epochs
 
 log = logging.getLogger("suptickets")
@@ -39,33 +39,69 @@ def dense(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, e
 
 
 class FlopsMeter:
-    """Training FLOPs relative to dense, with RigL's per-step cost (3·f_S·ΔT + 2·f_S + f_D)/(ΔT + 1)
-    for gradient-based regrowth and 3·f_S for SET; f_S is measured from the masks each epoch."""
+    """Training FLOPs relative to dense, counted step by step at the density each step used.
 
-    def __init__(self, model: nn.Module, input_shape, method: str | None, update_frequency: int | None):
-        self.model, self.shape = model, tuple(input_shape)
-        self.dense = forward_flops(model, self.shape)
-        self.method, self.dt = method, update_frequency
+    A DST phase with gradient regrowth (RigL, GraNet) costs RigL's per-step average
+    (3·f_S·ΔT + 2·f_S + f_D)/(ΔT + 1), SET and the cycles 3·f_S per step (`topology_updates=False`);
+    f_S is the forward cost of the masks in place. The masks only change at topology updates, so
+    the steps are counted in runs: `advance(step)` books every step before `step` at the current
+    f_S, and `refresh()` re-reads the masks after they changed (GraNet's dense start counts dense).
+    """
+
+    def __init__(self, model: nn.Module, input_shape, method: str | None, update_frequency: int | None,
+                 topology_updates: bool = True):
+        self.model = model
+        self.layers = layer_flops(model, tuple(input_shape))
+        self.dense = sum(self.layers.values())
+        self.method, self.dt, self.topology_updates = method, update_frequency, topology_updates
         self.cost = self.dense_cost = 0.0
+        self.counted_to: int | None = None
+        self.per_step = 0.0
 
     def state(self) -> dict:
-        return {"cost": self.cost, "dense_cost": self.dense_cost}
+        return {"cost": self.cost, "dense_cost": self.dense_cost, "counted_to": self.counted_to}
 
     def restore(self, state: dict) -> None:
         self.cost, self.dense_cost = state.get("cost", 0.0), state.get("dense_cost", 0.0)
+        self.counted_to = state.get("counted_to")
 
-    def add(self, steps: int, topology_updates: bool = True) -> None:
-        fs = forward_flops(self.model, self.shape, masks_of(self.model))
-        fd, dt = self.dense, self.dt
-        per_step = 3 * fs
-        if topology_updates and self.method in ("rigl", "granet"):
-            per_step = (3 * fs * dt + 2 * fs + fd) / (dt + 1)
-        self.cost += steps * per_step
-        self.dense_cost += steps * 3 * fd
+    def begin(self, step: int) -> None:
+        """Start counting at `step` (a resumed meter goes on from where its state says)."""
+        if self.counted_to is None:
+            self.counted_to = step
+        self.refresh()
+
+    def refresh(self) -> None:
+        fs, fd, dt = sparse_flops(self.layers, masks_of(self.model)), self.dense, self.dt
+        gradient_regrowth = self.topology_updates and self.method in ("rigl", "granet")
+        self.per_step = (3 * fs * dt + 2 * fs + fd) / (dt + 1) if gradient_regrowth else 3 * fs
+
+    def advance(self, step: int) -> None:
+        """Book the steps from the last one counted up to (not including) `step` at the current cost."""
+        steps = step - self.counted_to
+        self.cost += steps * self.per_step
+        self.dense_cost += steps * 3 * self.dense
+        self.counted_to = step
 
     @property
     def ratio(self) -> float:
         return self.cost / self.dense_cost if self.dense_cost else 1.0
+
+
+class Metered:
+    """A `Topology` whose mask changes are booked by a `FlopsMeter`: the steps up to and including
+    the update step ran with the old masks."""
+
+    def __init__(self, rule: Topology, flops: FlopsMeter):
+        self.rule, self.flops = rule, flops
+
+    def due(self, step: int, epoch: int, i: int) -> bool:
+        return self.rule.due(step, epoch, i)
+
+    def update(self, masked: Masked, step: int, grads) -> None:
+        self.flops.advance(step + 1)
+        self.rule.update(masked, step, grads)
+        self.flops.refresh()
 
 
 def sparse_phase(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, epochs: int,
@@ -75,19 +111,20 @@ def sparse_phase(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dic
     the masks already on the model), with the multi-step lr."""
     d = cfg["dst"]
     spe = len(data["train"])
-    rule = DST.from_config(d, steps_per_epoch=spe, epochs=epochs, seed=cfg["seed"])
+    rule = DST.from_config(d, steps_per_epoch=spe, epochs=epochs, budget_epochs=cfg["train"]["epochs"],
+                           seed=cfg["seed"])
     if start_epoch == 0:
         init_masks(model, rule.initial_density, d["distribution"], d["keep_first_dense"],
                    torch.Generator().manual_seed(cfg["seed"]))
     masked = Masked(model, optimizer, check_ranks=cfg.get("launcher", {}).get("check_sync", False))
+    flops.begin(step)
 
     def epoch_done(row):
-        flops.add(spe)
+        flops.advance(row["step"])
         on_epoch(row)
 
     step = train_epochs(model, optimizer, data["train"], data["val"], epochs=range(start_epoch, epochs), step=step,
-                        lr_at=step_lr(cfg, epochs, spe), masked=masked,
-                        on_grad=lambda step, epoch, i: rule.on_grad(masked, step),
+                        lr_at=step_lr(cfg, epochs, spe), masked=masked, topology=Metered(rule, flops),
                         on_epoch=epoch_done, stage=stage, **loop_options(cfg))
     rule.finish(masked)
     report_rank_checks(stage, masked)
@@ -97,10 +134,10 @@ def sparse_phase(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dic
 def cycles(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, first_epoch: int,
            n_tickets: int, step: int, on_epoch: Callable[[dict], None],
            on_ticket: Callable[[int, dict], None], flops: FlopsMeter, start_epoch: int | None = None) -> int:
-    """Sup-tickets' cyclic phase: per cycle a re-explore on the first step's fresh gradient, a
-    triangular lr set every iteration, no periodic topology updates, a ticket at the cycle's end
-    (`on_ticket(k, row)`, before `on_epoch(row)`). Cycles start at `first_epoch`; a resumed run
-    passes the epoch it goes on from as `start_epoch`."""
+    """Sup-tickets' cyclic phase: per cycle a re-explore after the first step, on that step's fresh
+    dense gradient, a triangular lr set every iteration, no periodic topology updates, a ticket at
+    the cycle's end (`on_ticket(k, row)`, before `on_epoch(row)`). Cycles start at `first_epoch`; a
+    resumed run passes the epoch it goes on from as `start_epoch`."""
     t, d = cfg["tickets"], cfg["dst"]
     spe = len(data["train"])
     length = t["cycle_epochs"]
@@ -114,14 +151,11 @@ def cycles(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, 
     def lr_at(epoch: int, i: int) -> float:
         return triangular_lr(index(epoch, i)[1], cycle_steps, t["lr_min"], t["lr_max"])
 
-    def on_grad(global_step: int, epoch: int, i: int) -> None:
-        k, j = index(epoch, i)
-        if j == 0 and t["re_explore_rate"] > 0:
-            g = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + global_step)
-            masked.prune_and_regrow(t["re_explore_rate"], GROW_RULE[d["method"]], g)
+    re_explore = ReExplore(first_epoch, length, t["re_explore_rate"], d["method"], cfg["seed"])
+    flops.begin(step)
 
     def epoch_done(row):
-        flops.add(spe, topology_updates=False)
+        flops.advance(row["step"])
         k, e = divmod(row["epoch"] - first_epoch, length)
         if e == 0:
             on_ticket(k, row)
@@ -130,7 +164,8 @@ def cycles(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, 
     last = first_epoch + n_tickets * length
     start = first_epoch if start_epoch is None else start_epoch
     step = train_epochs(model, optimizer, data["train"], data["val"], epochs=range(start, last),
-                        step=step, lr_at=lr_at, masked=masked, on_grad=on_grad, on_epoch=epoch_done,
+                        step=step, lr_at=lr_at, masked=masked, topology=Metered(re_explore, flops),
+                        on_epoch=epoch_done,
                         stage="tickets", **loop_options(cfg))
     report_rank_checks("tickets", masked)
     return step

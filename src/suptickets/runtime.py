@@ -10,11 +10,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .artifacts import load_tensors, model_tensors, read_json, save_tensors, state_from_file
+from .artifacts import MASK_BUFFER, MASK_PREFIX, load_tensors, model_tensors, read_json, save_tensors, state_from_file
 from .data import load_prepared
 from .imagefolder import MANIFEST, load_folder_batches
 from .models import build_model
-from .sparsity.engine import attach_masks
+from .sparsity.engine import attach_masks, maskable
 from .train import Batches, resolve_device
 
 
@@ -95,10 +95,31 @@ def save_model(path: str | os.PathLike, model: nn.Module) -> None:
     save_tensors(path, tensors)
 
 
-def load_model(path: str | os.PathLike, model: nn.Module) -> nn.Module:
-    """Load a model file (weights + masks) into a freshly built model of the same architecture."""
+def read_model_file(path: str | os.PathLike, model: nn.Module) -> tuple[dict, dict]:
+    """(state, masks) of a model file, checked strictly against `model`'s architecture: the bare
+    weights must be exactly the architecture's keys with its shapes, and each `mask.<param>` must name
+    one of its Conv2d / Linear weights with that weight's shape. A missing or extra key is named."""
     device = next(model.parameters()).device
     state, masks = state_from_file(load_tensors(path, device))
+    expected = {k: v.shape for k, v in model.state_dict().items() if not k.endswith("." + MASK_BUFFER)}
+    weights = {name for name, _ in maskable(model)}
+    problems = [f"missing {k}" for k in expected if k not in state] + \
+        [f"unexpected {k}" for k in state if k not in expected] + \
+        [f"{k}: shape {tuple(v.shape)}, expected {tuple(expected[k])}" for k, v in state.items()
+         if k in expected and v.shape != expected[k]] + \
+        [f"unexpected {MASK_PREFIX}{k} (not a Conv2d/Linear weight of {type(model).__name__})"
+         for k in masks if k not in weights] + \
+        [f"{MASK_PREFIX}{k}: shape {tuple(v.shape)}, expected {tuple(expected[k])}" for k, v in masks.items()
+         if k in weights and v.shape != expected[k]]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ValueError(f"{path}: does not fit model {type(model).__name__}: {'; '.join(problems[:3])}{more}")
+    return state, masks
+
+
+def load_model(path: str | os.PathLike, model: nn.Module) -> nn.Module:
+    """Load a model file (weights + masks) into a freshly built model of the same architecture."""
+    state, masks = read_model_file(path, model)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -1,5 +1,5 @@
-"""Epoch budget split and learning-rate schedules (multi-step for phases, with an optional linear
-warm-up, and triangular for cycles)."""
+"""Epoch budget split, GraNet's pruning window and learning-rate schedules (multi-step for phases,
+with an optional linear warm-up, and triangular for cycles)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,16 @@ def epoch_split(epochs: int, cycle_rate: float, cycle_epochs: int) -> tuple[int,
             f"with {settings}; lower tickets.cycle_rate or tickets.cycle_epochs"
         )
     return warmup, cyclic, n_tickets
+
+
+def prune_window(init_fraction: float, final_fraction: float, epochs: int) -> tuple[int, int]:
+    """GraNet's gradual-pruning window in whole epochs of the budget: (floor(init_fraction·E),
+    floor(final_fraction·E)). The reference prunes over epochs 0–110 of 250, i.e. fractions 0–0.44; the
+    same absolute epochs serve `sparse_baseline` and `warmup`, whose phases differ in length."""
+    if not 0 <= init_fraction < final_fraction <= 1:
+        raise ValueError(f"the pruning window needs 0 <= init_prune_fraction < final_prune_fraction <= 1, "
+                         f"got {init_fraction} and {final_fraction}")
+    return (math.floor(init_fraction * epochs + _FLOOR_EPS), math.floor(final_fraction * epochs + _FLOOR_EPS))
 
 
 def multistep_lr(

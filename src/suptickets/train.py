@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .data import augment, normalize
-from .sparsity.engine import Masked, density_report
+from .sparsity.engine import Masked, Topology, density_report
 
 log = logging.getLogger("suptickets")
 
@@ -165,20 +165,46 @@ def progress_postfix(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, l
             "lr": f"{lr:.4g}", "density": f"{density:.4f}"}
 
 
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
+               step: int, epoch: int = 0, i: int = 0, masked: Masked | None = None,
+               topology: Topology | None = None, speed: "Speed | None" = None,
+               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step, as every stage takes it (the lr is already set): forward; backward; if
+    `topology.due(step, epoch, i)`, a copy of the dense gradients is kept; gradients masked;
+    optimizer step; `masked.apply()` (weights masked again, except after plain SGD, whose steps keep
+    them at zero); then `topology.update(masked, step, grads)`, so regrown weights start at zero
+    with zero momentum and first move on the next step. Returns the detached loss and logits."""
+    speed = speed or Speed()
+    optimizer.zero_grad(set_to_none=True)
+    with speed.autocast(x.device):
+        out = net(speed.layout(x))
+        loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+    loss.backward()
+    grads = masked.dense_grads() if topology is not None and topology.due(step, epoch, i) else None
+    if masked is not None:
+        masked.mask_grads()
+    optimizer.step()
+    if masked is not None:
+        masked.apply()
+    if grads is not None:
+        topology.update(masked, step, grads)
+    return loss.detach(), out.detach()
+
+
 def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batches, val: Batches, *,
                  epochs: range, step: int, lr_at: Callable[[int, int], float],
-                 masked: Masked | None = None, on_grad: Callable[[int, int, int], None] | None = None,
+                 masked: Masked | None = None, topology: Topology | None = None,
                  on_epoch: Callable[[dict], None] | None = None, stage: str = "train",
                  speed: "Speed | None" = None, label_smoothing: float = 0.0) -> int:
     """Train over `epochs` (0-based, absolute), starting at global `step`; returns the final step.
 
-    Per step: lr ← lr_at(epoch, i); forward; backward; `on_grad(step, epoch, i)` (topology
-    changes see the dense gradient); gradients masked; optimizer step; `masked.apply()` (weights
-    masked again, except after plain SGD, whose steps keep them at zero).
+    Per step: lr ← lr_at(epoch, i), then `train_step` (the topology update after the optimizer step).
     After each epoch `on_epoch(row)` gets the history row (epoch is 1-based). `train` is a
     `Batches` or any object with its interface (`device`, `len()`, `epoch(e)`), e.g. the
     DataLoader-backed `imagefolder.FolderBatches`.
     """
+    if topology is not None and masked is None:
+        raise ValueError("train_epochs: a topology rule needs the masks it changes (masked=...)")
     device = train.device
     speed = speed or Speed()
     net = speed.wrap(wrap_ddp(model))
@@ -194,22 +220,11 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batc
         for i, (x, y) in enumerate(bar):
             lr = lr_at(epoch, i)
             set_lr(optimizer, lr)
-            optimizer.zero_grad(set_to_none=True)
-            with speed.autocast(x.device):
-                out = net(speed.layout(x))
-                loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
-            loss.backward()
-            if on_grad is not None:
-                on_grad(step, epoch, i)
-            if masked is not None:
-                masked.mask_grads()
-            optimizer.step()
-            if masked is not None:
-                masked.apply()
-            loss = loss.detach()
+            loss, out = train_step(net, optimizer, x, y, step=step, epoch=epoch, i=i, masked=masked,
+                                   topology=topology, speed=speed, label_smoothing=label_smoothing)
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
             loss_sum += loss * y.shape[0]
-            correct += (out.detach().argmax(1) == y).sum()
+            correct += (out.argmax(1) == y).sum()
             seen += y.shape[0]
             step += 1
             if not bar.disable and i % 50 == 0:  # only on a terminal: reading these syncs the device

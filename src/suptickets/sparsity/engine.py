@@ -1,22 +1,29 @@
-"""Masks on a model, and the DST method that evolves them during training.
+"""Masks on a model, and the rules that change them during training (a DST method, the cycles'
+re-explore).
 
 Masks live with the model as float buffers `<module>.weight_mask` (0/1, the weight's dtype), so
-they follow `.to(device)`, `state_dict()` and DDP's buffer broadcast. The hot path is one
-`torch._foreach_mul_` per step on the gradients before the optimizer step, plus one on the weights
-after it for optimizers other than plain SGD (see `step_keeps_zeros`); the topology decisions are
-the pure functions of `masks.py` and `dst.py`.
+they follow `.to(device)` and `state_dict()`. The hot path is one `torch._foreach_mul_` per step on
+the gradients before the optimizer step, plus one on the weights after it for optimizers other than
+plain SGD (see `step_keeps_zeros`); the topology decisions are the pure functions of `masks.py` and
+`dst.py`.
+
+Order of a step with a topology update, as the reference: backward → the dense gradient kept →
+gradients masked → optimizer step → weights masked → prune and regrow (`Topology.update`), regrowth
+ranked by the kept dense gradient. So a regrown weight is exactly 0 with zero momentum when the
+update ends, and first moves on the next step.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from ..artifacts import MASK_BUFFER
+from ..schedules import prune_window
 from .dst import cubic_density, global_magnitude_prune, prune_and_regrow, prune_rate_at
 from .masks import layer_counts, random_mask
 
@@ -112,6 +119,10 @@ class Masked:
             raise RuntimeError(f"rank {dist.get_rank()}: masks or weights differ between ranks after a topology update")
         self.rank_checks += 1
 
+    def dense_grads(self) -> list[torch.Tensor | None]:
+        """Copies of the weights' gradients before they are masked: what RigL regrows by."""
+        return [None if w.grad is None else w.grad.detach().clone() for w in self.weights]
+
     def mask_grads(self) -> None:
         grads = [w.grad for w in self.weights]
         if all(g is not None for g in grads):
@@ -149,14 +160,15 @@ class Masked:
         if self.check_ranks:
             self.assert_ranks_agree()
 
-    def prune_and_regrow(self, rate: float, rule: str, generator: torch.Generator) -> None:
-        """Per layer, move round(rate·active) weights: magnitude prune, regrow by `rule`."""
+    def prune_and_regrow(self, rate: float, rule: str, generator: torch.Generator,
+                         grads: Sequence[torch.Tensor | None]) -> None:
+        """Per layer, move round(rate·active) weights: magnitude prune, regrow by `rule` (`grads`:
+        the dense gradient of each weight, from `dense_grads()`)."""
         new, grown = [], []
-        for w, m in zip(self.weights, self.masks):
+        for w, m, grad in zip(self.weights, self.masks, grads):
             mask = m.bool()
             n = round(rate * int(mask.sum()))
-            nm, g = prune_and_regrow(w.detach(), mask, n, rule,
-                                     grad=None if w.grad is None else w.grad.detach(), generator=generator)
+            nm, g = prune_and_regrow(w.detach(), mask, n, rule, grad=grad, generator=generator)
             new.append(nm)
             grown.append(g)
         self.set_masks(new, grown)
@@ -172,12 +184,27 @@ class Masked:
         return sum(m.numel() for m in self.masks)
 
 
+class Topology(Protocol):
+    """A rule that changes the masks during training: `due` is asked after backward (so the loop
+    keeps the dense gradient only when an update follows), `update` runs after the optimizer step."""
+
+    def due(self, step: int, epoch: int, i: int) -> bool: ...
+
+    def update(self, masked: Masked, step: int, grads: Sequence[torch.Tensor | None]) -> None: ...
+
+
+def update_generator(seed: int, step: int) -> torch.Generator:
+    """The random source of a topology update (SET's regrowth): seeded by (seed, step), the same on every rank."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
 @dataclass
 class DST:
-    """When and how a DST method changes the topology during one training phase.
+    """When and how a DST method changes the topology during one training phase (a `Topology`).
 
-    `on_grad(step)` is called after backward and before the gradients are masked, so RigL and
-    GraNet regrow from the dense gradient of the current minibatch with no extra pass.
+    `epochs` is the phase's length (prune-rate decay, stop fraction); GraNet's pruning window is
+    in epochs of the whole budget (`schedules.prune_window`), so `sparse_baseline` and `warmup`
+    prune on the same absolute schedule.
     """
 
     method: str
@@ -193,29 +220,29 @@ class DST:
     prune_end_step: int = 0
 
     @classmethod
-    def from_config(cls, dst: dict, *, steps_per_epoch: int, epochs: int, seed: int) -> "DST":
+    def from_config(cls, dst: dict, *, steps_per_epoch: int, epochs: int, budget_epochs: int, seed: int) -> "DST":
         total = steps_per_epoch * epochs
         granet = dst["method"] == "granet"
+        first, last = prune_window(dst["init_prune_fraction"], dst["final_prune_fraction"], budget_epochs) \
+            if granet else (0, 0)
         return cls(method=dst["method"], update_frequency=dst["update_frequency"],
                    prune_rate=dst["prune_rate"], prune_rate_decay=dst["prune_rate_decay"],
                    total_steps=total, stop_step=int(dst["stop_fraction"] * total), seed=seed,
                    target_density=dst["density"],
                    init_density=dst["init_density"] if granet else None,
-                   prune_start_step=dst.get("init_prune_epoch", 0) * steps_per_epoch if granet else 0,
-                   prune_end_step=dst.get("final_prune_epoch", 0) * steps_per_epoch if granet else 0)
+                   prune_start_step=first * steps_per_epoch, prune_end_step=last * steps_per_epoch)
 
     @property
     def initial_density(self) -> float:
         return self.init_density if self.method == "granet" else self.target_density
 
-    def due(self, step: int) -> bool:
+    def due(self, step: int, epoch: int = 0, i: int = 0) -> bool:
         """Topology updates every `update_frequency` steps (not at step 0), until `stop_step`."""
         return step > 0 and step % self.update_frequency == 0 and step < self.stop_step
 
-    def on_grad(self, masked: Masked, step: int) -> None:
-        if not self.due(step):
-            return
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+    def update(self, masked: Masked, step: int, grads: Sequence[torch.Tensor | None]) -> None:
+        """After the optimizer step: GraNet's global magnitude prune to the cubic schedule's density,
+        then the per-layer prune and regrow (by `grads`, the step's dense gradient, or at random)."""
         if self.method == "granet" and step >= self.prune_start_step:
             d = cubic_density(step, self.prune_start_step, self.prune_end_step,
                               self.init_density, self.target_density)
@@ -223,7 +250,7 @@ class DST:
             if masked.active() > keep:
                 masked.global_prune(keep)
         rate = prune_rate_at(step, self.total_steps, self.prune_rate, self.prune_rate_decay)
-        masked.prune_and_regrow(rate, GROW_RULE[self.method], generator)
+        masked.prune_and_regrow(rate, GROW_RULE[self.method], update_generator(self.seed, step), grads)
 
     def finish(self, masked: Masked) -> None:
         """GraNet: make sure the phase ends at the budget even if no update fell after the schedule's end."""
@@ -231,3 +258,22 @@ class DST:
             keep = round(self.target_density * masked.total())
             if masked.active() > keep:
                 masked.global_prune(keep)
+
+
+@dataclass
+class ReExplore:
+    """Sup-tickets' re-explore (a `Topology`): on the first step of every cycle of `length` epochs from
+    `first_epoch`, move `rate` of each layer's active weights, regrown by the step's dense gradient
+    (RigL, GraNet) or at random (SET)."""
+
+    first_epoch: int
+    length: int
+    rate: float
+    method: str
+    seed: int
+
+    def due(self, step: int, epoch: int, i: int) -> bool:
+        return self.rate > 0 and i == 0 and (epoch - self.first_epoch) % self.length == 0
+
+    def update(self, masked: Masked, step: int, grads: Sequence[torch.Tensor | None]) -> None:
+        masked.prune_and_regrow(self.rate, GROW_RULE[self.method], update_generator(self.seed, step), grads)
