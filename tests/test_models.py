@@ -159,3 +159,21 @@ def test_flops_conv_models(name):
     # with every conv pruned only the classifier remains
     (linear,) = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert forward_flops(model, (1, 28, 28), masks) == 2 * linear.weight.numel()
+
+
+def test_global_pooling_is_a_mean_over_h_and_w_with_torchvisions_keys():
+    """The conv nets pool with a mean over H and W (deterministic backward on CUDA, unlike the
+    adaptive pool's): the same function, and the ImageNet ResNet-50 keeps torchvision's keys."""
+    import torch.nn.functional as F
+    from torchvision.models import resnet50
+
+    from suptickets.models import GlobalMean, global_mean
+
+    x = torch.randn(3, 5, 7, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(global_mean(x), F.adaptive_avg_pool2d(x, 1).flatten(1), rtol=0, atol=1e-6)
+    assert torch.allclose(GlobalMean()(x), F.adaptive_avg_pool2d(x, 1), rtol=0, atol=1e-6)
+    ours = build_model("resnet50", (3, 32, 32), 10, stem="imagenet")
+    assert isinstance(ours.avgpool, GlobalMean)
+    assert list(ours.state_dict()) == list(resnet50(weights=None, num_classes=10).state_dict())
+    modules = {type(m).__name__ for name in MODEL_NAMES for m in build_model(name, (3, 32, 32), 10).modules()}
+    assert "AdaptiveAvgPool2d" not in modules

@@ -497,12 +497,24 @@ def normalize(x_uint8: torch.Tensor, mean: Sequence[float] | torch.Tensor,
     return (x_uint8.to(torch.float32) / 255.0 - m) / s
 
 
+class Normalize:
+    """`normalize` with the constants put on the device once, so a batch costs no host-to-device copy."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str):
+        self.mean = torch.tensor(list(mean), dtype=torch.float32, device=device)
+        self.std = torch.tensor(list(std), dtype=torch.float32, device=device)
+
+    def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        return normalize(x_uint8, self.mean, self.std)
+
+
 def augment(x: torch.Tensor, generator: torch.Generator, padding: int, flip: bool) -> torch.Tensor:
     """Random crop (zero padding `padding`, 0 = none) and random horizontal flip of a batch.
 
-    x is [N, C, H, W] of any dtype on any device; the random numbers come from the CPU
-    `generator` (crop offsets first, then flips), so results depend only on its state.
-    With padding 0 and flip False, x itself is returned.
+    x is [N, C, H, W] of any dtype on any device; the random numbers come from `generator` (crop
+    offsets first, then flips) on the generator's own device, so results depend only on its state,
+    and a generator on x's device (CUDA) makes no host-to-device copy. With padding 0 and flip False,
+    x itself is returned.
     """
     if x.dim() != 4:
         raise ValueError(f"augment expects [N, C, H, W], got {list(x.shape)}")
@@ -511,21 +523,20 @@ def augment(x: torch.Tensor, generator: torch.Generator, padding: int, flip: boo
     if padding == 0 and not flip:
         return x
     n, c, h, w = x.shape
-    dev = x.device
-    rows = torch.arange(h).expand(n, h)
-    cols = torch.arange(w).expand(n, w)
+    dev, gdev = x.device, generator.device
+    rows = torch.arange(h, device=dev).expand(n, h)
+    cols = torch.arange(w, device=dev).expand(n, w)
     source = x
     if padding > 0:
-        oy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator)
-        ox = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator)
-        rows = rows + oy
-        cols = cols + ox
+        oy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=gdev)
+        ox = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=gdev)
+        rows = rows + oy.to(dev)
+        cols = cols + ox.to(dev)
         source = x.new_zeros((n, c, h + 2 * padding, w + 2 * padding))
         source[:, :, padding:padding + h, padding:padding + w] = x
     if flip:
-        flipped = torch.rand((n, 1), generator=generator) < 0.5
+        flipped = (torch.rand((n, 1), generator=generator, device=gdev) < 0.5).to(dev)
         cols = torch.where(flipped, cols.flip(1), cols)
-    rows, cols = rows.to(dev), cols.to(dev)
     n_idx = torch.arange(n, device=dev).view(n, 1, 1, 1)
     c_idx = torch.arange(c, device=dev).view(1, c, 1, 1)
     return source[n_idx, c_idx, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]

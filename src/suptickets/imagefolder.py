@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .data import SPLITS, DataError, normalize, stratified_split, stratified_subset
+from .data import SPLITS, DataError, Normalize, stratified_split, stratified_subset
 from .train import batches_per_epoch, epoch_generator
 
 MANIFEST = "manifest.csv"
@@ -217,6 +217,10 @@ class FolderBatches:
     world_size: int = 1
     _loader: object = field(default=None, init=False, repr=False, compare=False)
     _sampler: _EpochSampler = field(default_factory=_EpochSampler, init=False, repr=False, compare=False)
+    _normalize: Normalize = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._normalize = Normalize(self.mean, self.std, self.device)
 
     def __len__(self) -> int:
         return batches_per_epoch(len(self.images), self.batch_size, self.drop_last)
@@ -240,7 +244,7 @@ class FolderBatches:
                 persistent_workers=self.workers > 0, multiprocessing_context="spawn" if self.workers > 0 else None)
         for x, y in self._loader:
             x = x.to(self.device, non_blocking=pin)
-            yield normalize(x, self.mean, self.std), y.to(self.device, non_blocking=pin)
+            yield self._normalize(x), y.to(self.device, non_blocking=pin)
 
 
 def read_manifest(path: str | os.PathLike):

@@ -2,7 +2,7 @@
 
 Models carry no masking machinery: sparse masks live outside and apply to the `weight` of every
 nn.Conv2d / nn.Linear, so `state_dict()` keys are those of the bare architecture. All conv nets end
-in adaptive average pooling, so they accept any (C, H, W) input, e.g. 1x28x28 or 3x32x32.
+in global average pooling (a mean over H and W), so they accept any (C, H, W) input, e.g. 1x28x28 or 3x32x32.
 """
 
 from __future__ import annotations
@@ -14,6 +14,19 @@ from torch import nn
 MODEL_NAMES = ("mlp", "resnet32", "vgg19", "resnet50")
 VGG19_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
                 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
+
+
+def global_mean(x: torch.Tensor) -> torch.Tensor:
+    """Global average pooling as a mean over H and W, [N, C, H, W] -> [N, C]: the function of
+    `adaptive_avg_pool2d(x, 1)`, but with a deterministic CUDA backward (the pool's is not)."""
+    return x.mean(dim=(2, 3))
+
+
+class GlobalMean(nn.Module):
+    """`global_mean` keeping the dims ([N, C, 1, 1]): a drop-in for torchvision's `avgpool`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=True)
 
 
 def conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
@@ -84,8 +97,7 @@ class ResNet(nn.Module):
         x = F.relu(self.bn1(self.conv1(x)))
         for i in range(1, self.stages + 1):
             x = getattr(self, f"layer{i}")(x)
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return self.fc(x)
+        return self.fc(global_mean(x))
 
 
 class VGG(nn.Module):
@@ -104,8 +116,7 @@ class VGG(nn.Module):
         self.classifier = nn.Linear(c_in, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
-        return self.classifier(x)
+        return self.classifier(global_mean(self.features(x)))
 
 
 class MLP(nn.Module):
@@ -159,7 +170,9 @@ def _resnet50(shape, num_classes, stem="cifar"):
 
         if shape[0] != 3:
             raise ValueError(f"model.stem='imagenet' needs 3-channel images, got {shape[0]}")
-        return resnet50(weights=None, num_classes=num_classes)
+        model = resnet50(weights=None, num_classes=num_classes)
+        model.avgpool = GlobalMean()  # no parameters: the state_dict keys stay torchvision's
+        return model
     if stem != "cifar":
         raise ValueError(f"model.stem={stem!r} is not one of: {', '.join(STEMS)}")
     return ResNet(Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512], [1, 2, 2, 2], shape[0], 64, num_classes)

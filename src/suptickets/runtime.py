@@ -26,6 +26,8 @@ def distributed() -> tuple[int, int]:
 def setup(threads: int, device_name: str) -> torch.device:
     """Fixed thread count and deterministic kernels, so a CPU run is bit-identical for a seed.
     Under torchrun: joins the process group (NCCL on GPUs, gloo on CPU), one GPU per local rank."""
+    # cuBLAS reads this when its first handle is made: deterministic GEMMs (set before any CUDA work)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     device = resolve_device(device_name)
     rank, world = distributed()
     if world > 1 and not dist.is_initialized():
@@ -34,8 +36,6 @@ def setup(threads: int, device_name: str) -> torch.device:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     torch.set_num_threads(threads)
-    if device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     return device
 

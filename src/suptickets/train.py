@@ -8,9 +8,10 @@ accumulated on the device and read once per epoch (no host sync per step).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 import torch
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .data import augment, normalize
+from .data import Normalize, augment
 from .sparsity.engine import Masked, Topology, density_report
 
 log = logging.getLogger("suptickets")
@@ -37,8 +38,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The random source of one epoch (order, augmentation), seeded by (seed, epoch): on the CPU, or
+    on the data's CUDA device so that no random number crosses to the device inside a step (a CUDA
+    generator with the same seed draws other numbers than the CPU's: results are per machine kind)."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
 
 
 def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
@@ -61,6 +65,10 @@ class Batches:
     flip: bool = False
     rank: int = 0        # under DDP each rank takes its share of every (global) batch
     world_size: int = 1
+    _normalize: Normalize = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._normalize = Normalize(self.mean, self.std, self.x.device)
 
     @property
     def device(self) -> torch.device:
@@ -75,8 +83,8 @@ class Batches:
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.x.shape[0]
-        g = epoch_generator(self.seed, epoch)
-        order = torch.randperm(n, generator=g).to(self.x.device) if self.shuffle else None
+        g = epoch_generator(self.seed, epoch, self.x.device)
+        order = torch.randperm(n, generator=g, device=g.device) if self.shuffle else None
         for i in range(len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             idx = order[sl] if order is not None else sl
@@ -85,7 +93,7 @@ class Batches:
                 xb = augment(xb, g, self.padding, self.flip)  # the whole batch, so every rank's RNG agrees
             if self.world_size > 1:
                 xb, yb = xb[self.rank::self.world_size], yb[self.rank::self.world_size]
-            yield normalize(xb, self.mean, self.std), yb
+            yield self._normalize(xb), yb
 
 
 @torch.no_grad()
@@ -137,12 +145,21 @@ class Speed:
 
 
 def wrap_ddp(model: nn.Module) -> nn.Module:
-    """The model wrapped in DistributedDataParallel when a process group is up (gradients are
-    all-reduced in backward, buffers such as masks broadcast from rank 0), else the model itself."""
+    """The model wrapped in DistributedDataParallel when a process group is up, else the model itself.
+
+    Per step only the gradients are all-reduced (in backward). Buffers are not broadcast: the masks
+    change only at topology updates, where every rank takes the same decision from the same
+    all-reduced gradients and weights (`launcher.check_sync` verifies it), and BatchNorm's running
+    statistics on rank 0, the only rank that writes, are the same with or without a broadcast
+    (DDP's broadcast copies rank 0's buffers to the others, never the reverse)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return model
     device = next(model.parameters()).device
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp = nn.parallel.DistributedDataParallel
+    # `forward_sync_buffers` replaces `broadcast_buffers` in newer PyTorch (both still sync once at init)
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters \
+        else "broadcast_buffers"
+    return ddp(model, device_ids=[device.index] if device.type == "cuda" else None, **{no_sync: False})
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

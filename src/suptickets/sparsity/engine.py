@@ -44,7 +44,8 @@ def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         module = modules[pname.rsplit(".", 1)[0] if "." in pname else ""]
         if mask.shape != module.weight.shape:
             raise ValueError(f"mask for {pname}: shape {tuple(mask.shape)} != weight {tuple(module.weight.shape)}")
-        buf = mask.to(device=module.weight.device, dtype=module.weight.dtype)
+        buf = torch.empty_like(module.weight, requires_grad=False)  # the weight's memory format (channels_last)
+        buf.copy_(mask)
         if hasattr(module, MASK_BUFFER):
             getattr(module, MASK_BUFFER).copy_(buf)
         else:
@@ -112,7 +113,8 @@ class Masked:
     @torch.no_grad()
     def assert_ranks_agree(self) -> None:
         """Under DDP: every rank must hold the same masks and weights (checked by exact sums)."""
-        local = torch.stack([t.double().sum() for pair in zip(self.masks, self.weights) for t in pair]).cpu()
+        # on the weights' device: NCCL gathers CUDA tensors only
+        local = torch.stack([t.double().sum() for pair in zip(self.masks, self.weights) for t in pair])
         gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, local)
         if any(not torch.equal(g, gathered[0]) for g in gathered):
