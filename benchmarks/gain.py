@@ -7,6 +7,9 @@ sparse_baseline with its 95% confidence interval (Student t over seeds).
     python benchmarks/gain.py                                  # 5 seeds x densities 0.05, 0.02, RigL
     python benchmarks/gain.py --seeds 3 --densities 0.05 -S train.epochs=10 --json gain.json
     python benchmarks/gain.py --collect-only            # tabulate the experiments of an earlier run
+    python benchmarks/gain.py --grid --jobs 2 -S threads=1 --png benchmarks/gain_grid.png
+                      # where does the gain appear: densities 0.2/0.05/0.02 x tickets.lr_max 0.01/0.05/0.1,
+                      # 3 seeds each, with a heatmap of the mean paired gain and the tickets' ensemble gain
 """
 
 from __future__ import annotations
@@ -70,18 +73,102 @@ def row(m: dict) -> dict[str, float]:
     tickets = [v for k, v in acc.items() if k.startswith("ticket_") and k != "ticket_ensemble"]
     return {"sparse_baseline": acc["sparse_baseline"], "best_ticket": max(tickets),
             "superposed": acc["superposed"], "ticket_ensemble": acc["ticket_ensemble"],
-            "gain": acc["superposed"] - acc["sparse_baseline"]}
+            "gain": acc["superposed"] - acc["sparse_baseline"],
+            "ensemble_gain": acc["ticket_ensemble"] - acc["sparse_baseline"]}
 
 
 def summarize(rows: list[dict[str, float]]) -> dict[str, list[float]]:
+    """[mean, std, half-width of the 95% t interval] in % (or points) of each column over the seeds."""
     out = {}
-    for key in COLUMNS + ["gain"]:
+    for key in COLUMNS + ["gain", "ensemble_gain"]:
         vals = [100 * r[key] for r in rows]
         mean = statistics.fmean(vals)
         sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
         half = t975(len(vals) - 1) * sd / math.sqrt(len(vals)) if len(vals) > 1 else float("nan")
         out[key] = [mean, sd, half]
     return out
+
+
+def grid_runs(args) -> dict[tuple[float, float], dict[str, list[str]]]:
+    """(density, lr_max) -> {experiment name: overrides}, one experiment per seed."""
+    return {(d, lr): {f"{args.prefix}-d{d:g}-lr{lr:g}-s{s}": [f"dst={args.method}", f"dst.density={d}",
+                                                             f"tickets.lr_max={lr}", f"seed={s}", *args.overrides]
+                      for s in range(args.seeds)}
+            for d in args.densities for lr in args.lr_max}
+
+
+def grid(args) -> int:
+    """Where does the gain appear? Every (density, tickets.lr_max) cell over the seeds: the mean paired
+    gain superposed − sparse_baseline and the ticket ensemble's gain (how diverse the tickets are), with
+    95% t intervals; a table on stdout, optionally JSON and a PNG heatmap."""
+    cells = grid_runs(args)
+    names = {n: o for runs in cells.values() for n, o in runs.items()}
+    if not args.collect_only:
+        # sparse_baseline and warmup do not read tickets.lr_max: DVC's run cache serves the other cells
+        # of a (density, seed) from the first one that ran, so the queue holds lr_max-major order
+        queue(dict(sorted(names.items(), key=lambda kv: kv[0].split("-lr")[1].split("-s")[0] != f"{args.lr_max[0]:g}")),
+              args.jobs)
+    found = results(list(names))
+    missing = sorted(set(names) - set(found))
+    if missing:
+        print(f"no metrics for: {', '.join(missing)} (see `dvc queue logs`)", file=sys.stderr)
+    table = {}
+    print(f"method {args.method}, {args.seeds} seeds per cell, overrides {args.overrides or 'none'}; "
+          "gains in points (test accuracy), paired by seed, mean [95% CI]")
+    print("| density | tickets.lr_max | n | sparse_baseline % | superposed − sparse_baseline | ticket ensemble − sparse_baseline |")
+    print("|---|---|---|---|---|---|")
+    for (d, lr), runs in cells.items():
+        rows = [row(found[n]) for n in runs if n in found]
+        if not rows:
+            continue
+        s = summarize(rows)
+        table[f"{d:g}/{lr:g}"] = {"density": d, "lr_max": lr, "n": len(rows), **s}
+        g, e = s["gain"], s["ensemble_gain"]
+        print(f"| {d:g} | {lr:g} | {len(rows)} | {s['sparse_baseline'][0]:.2f} | {g[0]:+.2f} [{g[0] - g[2]:+.2f}, "
+              f"{g[0] + g[2]:+.2f}] | {e[0]:+.2f} [{e[0] - e[2]:+.2f}, {e[0] + e[2]:+.2f}] |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
+    if args.png and table:
+        heatmap(table, args.densities, args.lr_max, args.png, f"{args.method}, {args.seeds} seeds per cell")
+        print(f"heatmap: {args.png}")
+    return 1 if missing else 0
+
+
+def heatmap(table: dict, densities: list[float], lrs: list[float], path: str, subtitle: str) -> None:
+    """Two panels (superposed's gain, the ensemble's gain) over density x lr_max; each cell shows the
+    mean and its 95% interval; the colour scale is symmetric around 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    for ax, key, title in zip(axes, ["gain", "ensemble_gain"],
+                              ["superposed − sparse_baseline (pts)", "ticket ensemble − sparse_baseline (pts)"]):
+        mean = np.full((len(densities), len(lrs)), np.nan)
+        text = [["" for _ in lrs] for _ in densities]
+        for i, d in enumerate(densities):
+            for j, lr in enumerate(lrs):
+                cell = table.get(f"{d:g}/{lr:g}")
+                if cell:
+                    m, _, half = cell[key]
+                    mean[i, j] = m
+                    text[i][j] = f"{m:+.2f}\n[{m - half:+.2f}, {m + half:+.2f}]\nn={cell['n']}"
+        bound = max(0.1, float(np.nanmax(np.abs(mean))))
+        ax.imshow(mean, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
+        for i in range(len(densities)):
+            for j in range(len(lrs)):
+                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+        ax.set_yticks(range(len(densities)), [f"{d:g}" for d in densities])
+        ax.set_xlabel("tickets.lr_max")
+        ax.set_ylabel("density")
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(f"Where does the gain appear? ({subtitle}; mean [95% CI])", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
 
 
 def main() -> int:
@@ -94,7 +181,19 @@ def main() -> int:
     ap.add_argument("--prefix", default="gain")
     ap.add_argument("--json", help="also write the table as JSON here")
     ap.add_argument("--collect-only", action="store_true", help="do not run; tabulate existing experiments")
+    ap.add_argument("--grid", action="store_true",
+                    help="map the gain over --densities x --lr-max (defaults 0.2 0.05 0.02 x 0.01 0.05 0.1, 3 seeds)")
+    ap.add_argument("--lr-max", type=float, nargs="+", default=[0.01, 0.05, 0.1], help="tickets.lr_max values (--grid)")
+    ap.add_argument("--png", help="--grid: write the heatmap here")
     args = ap.parse_args()
+    if args.grid:
+        if "--densities" not in sys.argv:
+            args.densities = [0.2, 0.05, 0.02]
+        if "--seeds" not in sys.argv:
+            args.seeds = 3
+        if args.prefix == "gain":
+            args.prefix = "grid"
+        return grid(args)
     runs = {f"{args.prefix}-d{d:g}-s{s}": [f"dst={args.method}", f"dst.density={d}", f"seed={s}", *args.overrides]
             for d in args.densities for s in range(args.seeds)}
     if not args.collect_only:
