@@ -240,6 +240,10 @@ def markdown(d: dict) -> str:
         lines.append(f"- {r['name']}: {r['status']} in {fmt(r['seconds'], '.0f')} s"
                      + (f"; test_acc {', '.join(f'{k} {v:.3f}' for k, v in acc.items())}" if acc else ""))
     t = d.get("throughput", {})
+
+    def goal(ratio: float) -> str:
+        return "" if d["dry_run"] else f" ({'met' if ratio >= 0.97 else 'not met'})"
+
     lines += ["", "## b. Throughput (`benchmarks/gpu_throughput.py`, images/s)", "",
               f"status: {t.get('status', 'not started')}", ""]
     if t.get("results"):
@@ -248,7 +252,7 @@ def markdown(d: dict) -> str:
         for r in t["results"]:
             ips = r["images_per_s"]
             lines.append(f"| {r['model']} | {ips['dense_resident']:.0f} | {ips['masked_resident']:.0f} | "
-                         f"{r['masked_over_dense']:.3f} ({'met' if r['masked_over_dense'] >= 0.97 else 'not met'}) | "
+                         f"{r['masked_over_dense']:.3f}{goal(r['masked_over_dense'])} | "
                          f"{r['masked_with_updates_over_dense']:.3f} | {ips['dense_dataloader']:.0f} | "
                          f"{r['resident_over_dataloader']:.2f} | {100 * r['mfu']['dense_resident']:.1f}% | {r['masks_exact']} |")
         lines.append("")
