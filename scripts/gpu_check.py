@@ -633,7 +633,7 @@ def main(argv=None) -> int:
         cenv = child_env()
         # the gain's data (the whole data set, or the toy subset) is prepared beside the parity runs
         gain_base = [f"experiment={GAIN}", "threads=1", "tracking.wandb.mode=disabled",
-                     *(DRY_GAIN if args.dry_run else []), *args.data_root_override]
+                     *(DRY_GAIN if args.dry_run else []), *args.overrides, *args.data_root_override]
         prepared = Job("gain_prepare", chain_cmd(gain_base, ["prepare"]), args.work / "gain_data")
         parity(args, cenv, report, deadline, prepared)
         if time.time() < deadline:
