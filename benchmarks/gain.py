@@ -16,23 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-# two-sided 95% Student t quantiles t_{0.975, df}
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-        10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
-COLUMNS = ["sparse_baseline", "best_ticket", "superposed", "ticket_ensemble"]
-
-
-def t975(df: int) -> float:
-    return T975.get(df) or T975[max(k for k in T975 if k <= df)] if df >= 1 else float("nan")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from suptickets.gains import TABLE_HEADER, row, summarize, table_row  # noqa: E402
 
 
 def dvc(*args: str, check: bool = True) -> str:
@@ -65,27 +57,6 @@ def results(names: list[str]) -> dict[str, dict]:
                 metrics = ((rev.get("data") or {}).get("metrics") or {}).get("metrics/evaluate.json", {})
                 if name in names and metrics.get("data"):
                     out[name] = metrics["data"]
-    return out
-
-
-def row(m: dict) -> dict[str, float]:
-    acc = m["test_acc"]
-    tickets = [v for k, v in acc.items() if k.startswith("ticket_") and k != "ticket_ensemble"]
-    return {"sparse_baseline": acc["sparse_baseline"], "best_ticket": max(tickets),
-            "superposed": acc["superposed"], "ticket_ensemble": acc["ticket_ensemble"],
-            "gain": acc["superposed"] - acc["sparse_baseline"],
-            "ensemble_gain": acc["ticket_ensemble"] - acc["sparse_baseline"]}
-
-
-def summarize(rows: list[dict[str, float]]) -> dict[str, list[float]]:
-    """[mean, std, half-width of the 95% t interval] in % (or points) of each column over the seeds."""
-    out = {}
-    for key in COLUMNS + ["gain", "ensemble_gain"]:
-        vals = [100 * r[key] for r in rows]
-        mean = statistics.fmean(vals)
-        sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-        half = t975(len(vals) - 1) * sd / math.sqrt(len(vals)) if len(vals) > 1 else float("nan")
-        out[key] = [mean, sd, half]
     return out
 
 
@@ -159,7 +130,8 @@ def heatmap(table: dict, densities: list[float], lrs: list[float], path: str, su
         ax.imshow(mean, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
         for i in range(len(densities)):
             for j in range(len(lrs)):
-                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8)
+                dark = abs(mean[i, j]) > 0.6 * bound  # (NaN compares False)
+                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8, color="white" if dark else "black")
         ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
         ax.set_yticks(range(len(densities)), [f"{d:g}" for d in densities])
         ax.set_xlabel("tickets.lr_max")
@@ -205,17 +177,14 @@ def main() -> int:
     table = {}
     print(f"method {args.method}, {args.seeds} seeds, overrides {args.overrides or 'none'}; test accuracy in %,"
           f" mean ± std; gain = superposed − sparse_baseline, paired, with 95% CI")
-    print(f"| sparsity | {' | '.join(COLUMNS)} | gain (pts) | 95% CI |")
-    print("|" + "---|" * (len(COLUMNS) + 3))
+    print("\n".join(TABLE_HEADER))
     for d in args.densities:
         rows = [row(found[n]) for n in runs if n.startswith(f"{args.prefix}-d{d:g}-") and n in found]
         if not rows:
             continue
         s = summarize(rows)
         table[f"{d:g}"] = {"n": len(rows), **s}
-        cells = " | ".join(f"{s[k][0]:.2f} ± {s[k][1]:.2f}" for k in COLUMNS)
-        g = s["gain"]
-        print(f"| {1 - d:.2f} | {cells} | {g[0]:+.2f} ± {g[1]:.2f} | [{g[0] - g[2]:+.2f}, {g[0] + g[2]:+.2f}] |")
+        print(table_row(d, s))
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
     return 1 if missing else 0

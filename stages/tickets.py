@@ -17,8 +17,14 @@ from suptickets.sparsity.masks import jaccard
 WARMUP, WARMUP_OPTIM, OUT = "models/warmup.safetensors", "models/warmup.optim.safetensors", Path("models/tickets")
 
 
-def mask_list(path) -> list:
-    return [m for m in state_from_file(load_tensors(path))[1].values()]
+def mask_list(masks: dict) -> list:
+    """Masks in parameter-name order: a model file stores them sorted by name, a model holds them
+    in module order (`fc` comes last there, before `layer1` in a file)."""
+    return [masks[name] for name in sorted(masks)]
+
+
+def file_masks(path) -> list:
+    return mask_list(state_from_file(load_tensors(path))[1])
 
 
 def run(s: Stage) -> None:
@@ -36,13 +42,13 @@ def run(s: Stage) -> None:
     s.extra = lambda: {"flops": flops.state(), "tickets": per_ticket}
     folder = s.checkpoint.dir / "tickets"  # tickets wait beside the resume state until the stage ends
     folder.mkdir(parents=True, exist_ok=True)
-    previous = mask_list(folder / f"{per_ticket[-1]['ticket']}.safetensors" if per_ticket else WARMUP)
+    previous = file_masks(folder / f"{per_ticket[-1]['ticket']}.safetensors" if per_ticket else WARMUP)
 
     def on_ticket(k: int, row: dict) -> None:
         nonlocal previous
         name = f"ticket_{k:02d}"
         s.save_model(folder / f"{name}.safetensors", model)
-        current = [m.bool().clone().cpu() for m in masks_of(model).values()]
+        current = mask_list({k: m.bool().clone().cpu() for k, m in masks_of(model).items()})
         per_ticket.append({"ticket": name, "epoch": row["epoch"], "val_acc": row["val_acc"],
                            "density": density_report(model)[0], "jaccard_prev": jaccard(previous, current)})
         s.run.log({"tickets/val_acc": row["val_acc"], "tickets/jaccard_prev": per_ticket[-1]["jaccard_prev"],

@@ -82,6 +82,25 @@ def test_the_default_and_every_preset_are_valid():
         assert check(composed([f"experiment={preset}"])) == [], preset
 
 
+def test_the_fashion_mnist_resnet_preset_is_the_cifar_recipe_scaled_to_20_epochs():
+    from suptickets.schedules import epoch_split
+
+    cfg = composed(["experiment=fashion_mnist_resnet"])
+    assert cfg["name"] == "fashion_mnist_resnet" and cfg["device"] == "auto"
+    assert cfg["model"] == {"name": "resnet20", "width": 1}
+    assert cfg["data"]["name"] == "fashion_mnist" and cfg["data"]["augment"] == {"padding": 2, "flip": True}
+    t = cfg["train"]
+    assert (t["lr"], t["momentum"], t["weight_decay"], t["milestones"], t["gamma"], t["batch_size"]) == \
+        (0.1, 0.9, 5e-4, [0.5, 0.75], 0.1, 128)
+    assert (cfg["dst"]["method"], cfg["dst"]["distribution"], cfg["dst"]["density"]) == ("rigl", "erk", 0.05)
+    assert epoch_split(t["epochs"], cfg["tickets"]["cycle_rate"], cfg["tickets"]["cycle_epochs"]) == (17, 3, 3)
+    assert (cfg["tickets"]["lr_min"], cfg["tickets"]["lr_max"]) == (0.001, 0.03)
+    smoke = composed(["experiment=fashion_mnist_resnet_smoke"])
+    assert smoke["model"] == {"name": "resnet20", "width": 0.5} and smoke["data"]["augment"] == cfg["data"]["augment"]
+    assert (smoke["data"]["limit_train"], smoke["train"]["epochs"]) == (2000, 4)
+    assert composed(["experiment=cifar10_resnet32"])["model"] == {"name": "resnet32", "width": 1}
+
+
 @pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
 def test_bad_config_is_named_in_one_line(overrides, message):
     problems = check(composed(overrides))

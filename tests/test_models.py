@@ -105,6 +105,20 @@ def test_unknown_option(name, option):
 def test_bad_option_value():
     with pytest.raises(ValueError, match="width"):
         build_model("resnet32", (3, 32, 32), 10, width=0)
+    for width in (0.3, -1, True, "2"):
+        with pytest.raises(ValueError, match=r"resnet20 width must be a positive multiple of 1/16 .*got"):
+            build_model("resnet20", (1, 28, 28), 10, width=width)
+
+
+def test_resnet20_is_the_cifar_family_with_three_blocks_per_stage():
+    model = build_model("resnet20", (1, 28, 28), 10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 + 3 * 3 * 2 + 2  # stem, 9 blocks of two 3x3 convs, 2 projection shortcuts
+    assert n_params(model) == 272_186  # ~0.27M, as He et al. (2016) (+ option-B projections)
+    assert [len(model.layer1), len(model.layer2), len(model.layer3)] == [3, 3, 3]
+    half = build_model("resnet20", (1, 28, 28), 10, width=0.5)
+    assert half.conv1.out_channels == 8 and half.fc.in_features == 32
+    assert build_model("resnet32", (3, 32, 32), 10, width=2.0).conv1.out_channels == 32
 
 
 MLP_FLOPS = 2 * (784 * 300 + 300 * 100 + 100 * 10)

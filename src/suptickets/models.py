@@ -1,4 +1,4 @@
-"""Plain PyTorch architectures (MLP, CIFAR ResNet-32/50, VGG-19-BN) and a forward FLOP counter.
+"""Plain PyTorch architectures (MLP, CIFAR ResNet-20/32/50, VGG-19-BN) and a forward FLOP counter.
 
 Models carry no masking machinery: sparse masks live outside and apply to the `weight` of every
 nn.Conv2d / nn.Linear, so `state_dict()` keys are those of the bare architecture. All conv nets end
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODEL_NAMES = ("mlp", "resnet32", "vgg19", "resnet50")
+MODEL_NAMES = ("mlp", "resnet32", "vgg19", "resnet50", "resnet20")
 VGG19_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
                 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
 
@@ -147,15 +147,26 @@ def _mlp(shape, num_classes, hidden=(300, 100), batch_norm=True):
     return MLP(shape[0] * shape[1] * shape[2], hidden, num_classes, bool(batch_norm))
 
 
-def _resnet32(shape, num_classes, width=1):
-    w = _positive_int("resnet32 width", width)
-    return ResNet(BasicBlock, [5, 5, 5], [16 * w, 32 * w, 64 * w], [1, 2, 2],
-                  shape[0], 16 * w, num_classes)
+def _cifar_resnet(depth: int):
+    """The CIFAR ResNet-(6n+2) of He et al. (2016): three stages of n basic blocks with 16·width,
+    32·width and 64·width channels. `width` may be a fraction (0.25: 4/8/16 channels) as long as
+    16·width is a whole number."""
+    n = (depth - 2) // 6
+
+    def build(shape, num_classes, width=1):
+        base = 16 * width if isinstance(width, (int, float)) and not isinstance(width, bool) else 0
+        if base < 1 or base != int(base):
+            raise ValueError(f"resnet{depth} width must be a positive multiple of 1/16 "
+                             f"(16*width channels in the first stage), got {width!r}")
+        b = int(base)
+        return ResNet(BasicBlock, [n, n, n], [b, 2 * b, 4 * b], [1, 2, 2], shape[0], b, num_classes)
+    return build
 
 
 BUILDERS = {  # name -> (builder(shape, num_classes, **options), allowed option keys)
     "mlp": (_mlp, ("hidden", "batch_norm")),
-    "resnet32": (_resnet32, ("width",)),
+    "resnet20": (_cifar_resnet(20), ("width",)),
+    "resnet32": (_cifar_resnet(32), ("width",)),
     "vgg19": (lambda shape, k: VGG(VGG19_CONFIG, shape[0], k), ()),
     "resnet50": (lambda shape, k, stem="cifar": _resnet50(shape, k, stem), ("stem",)),
 }
