@@ -49,6 +49,7 @@ def export(name: str, tmp: Path, arch: dict, test, ex: dict) -> tuple[dict, dict
     timing = {"latency_ms": {str(b): {k: 1e3 * v for k, v in t.items()} for b, t in seconds.items()},
               "speedup": {str(b): t["dense"] / t["sparse"] for b, t in seconds.items()},
               "kernels": {layer: {str(b): k for b, k in ks.items()} for layer, ks in sparse.kernels(chosen).items()},
+              "whole_model_ms": {str(b): {k: 1e3 * v for k, v in t.items()} for b, t in chosen.model_seconds.items()},
               "max_abs_logit_diff": diffs}
     return facts, timing
 

@@ -20,7 +20,8 @@ so `load(path)` needs nothing else.
 (`torch.addmm` on a `torch.sparse_csr_tensor`; a convolution as `F.unfold` and that product per
 sample) or the dense kernel on the weight made dense again: `kernel="csr"`, `"dense"`, or `"auto"`,
 which times both on this machine for each of `batch_sizes` and keeps the faster, per layer and
-batch size (an input batch uses the choice of the nearest of those sizes, on a log scale).
+batch size (an input batch uses the choice of the nearest of those sizes, on a log scale), unless
+the whole model runs faster with dense kernels everywhere at that batch size.
 """
 
 from __future__ import annotations
@@ -323,8 +324,9 @@ def load(path: str | Path, kernel: str = "auto", batch_sizes: Sequence[int] = (1
     """The sparse file at `path` as an eval-mode inference module on CPU.
 
     `kernel`: "csr", "dense", or "auto" (time both for each CSR layer, here, at each of
-    `batch_sizes`, median of `repeats`, and keep the faster; `kernels(module)` tells the choice,
-    `module.layer_seconds` the times).
+    `batch_sizes`, median of `repeats`, keep the faster, then keep dense kernels at a batch size
+    where the whole model runs faster so; `kernels(module)` tells the choice, `module.layer_seconds`
+    and `module.model_seconds` the times).
     `model`: the bare architecture the file must fit (default: the one its metadata records).
     Raises SparseFileError naming the file and the key when the file does not fit the architecture
     or an index array is corrupted."""
@@ -372,9 +374,9 @@ def load(path: str | Path, kernel: str = "auto", batch_sizes: Sequence[int] = (1
         setattr(folded.get_submodule(parent) if parent else folded, child, layer)
     folded.load_state_dict(dense, strict=True, assign=True)
     folded.eval().requires_grad_(False)
-    folded.layer_seconds = {}
+    folded.layer_seconds, folded.model_seconds = {}, {}
     if kernel == "auto":
-        folded.layer_seconds = _choose_kernels(folded, arch["input_shape"], batch_sizes, repeats)
+        folded.layer_seconds, folded.model_seconds = _choose_kernels(folded, arch["input_shape"], batch_sizes, repeats)
     else:
         for layer in sparse_layers(folded).values():
             layer.use({int(b): kernel for b in batch_sizes})
@@ -422,23 +424,39 @@ def input_shapes(model: nn.Module, modules: Mapping[str, nn.Module], input_shape
 
 
 def _choose_kernels(model: nn.Module, input_shape: Sequence[int], batch_sizes: Sequence[int],
-                   repeats: int, seed: int = 0) -> dict[str, dict[int, dict[str, float]]]:
+                    repeats: int, seed: int = 0) -> tuple[dict, dict]:
     """Time each CSR layer's two kernels on random inputs of its shape at each batch size and let it
-    use the faster; returns {layer: {batch size: {"dense": s, "csr": s}}}."""
+    use the faster. Then, per batch size, time the whole model with those choices and with dense
+    kernels everywhere, and keep the dense kernels where they are faster: in a model a dense product
+    right after a sparse one runs slower than it does alone. Returns the times (seconds):
+    ({layer: {batch size: {"dense", "csr"}}}, {batch size: {"chosen", "dense"}})."""
     g = torch.Generator().manual_seed(seed)
-    times = {}
+    layer_times, model_times = {}, {}
     layers = sparse_layers(model)
     for name, shape in input_shapes(model, layers, input_shape).items():
         layer = layers[name]
-        times[name] = {}
+        layer_times[name] = {}
         for b in batch_sizes:
             x = torch.randn((int(b), *shape), generator=g)
             layer.dense_weight()  # made once, outside the timing
             with torch.inference_mode():
                 dense, csr = medians([lambda: layer.run_dense(x), lambda: layer.run_csr(x)], repeats)
-            times[name][int(b)] = {"dense": dense, "csr": csr}
-        layer.use({b: "csr" if t["csr"] < t["dense"] else "dense" for b, t in times[name].items()})
-    return times
+            layer_times[name][int(b)] = {"dense": dense, "csr": csr}
+        layer.use({b: "csr" if t["csr"] < t["dense"] else "dense" for b, t in layer_times[name].items()})
+    for b in map(int, batch_sizes):
+        chosen = {n: dict(layer.kernels) for n, layer in layers.items()}
+        if all(k[b] == "dense" for k in chosen.values()):
+            continue
+        x = torch.randn((b, *input_shape), generator=g)
+        for kind in ("chosen", "dense"):
+            for n, layer in layers.items():
+                layer.use({**chosen[n], b: "dense"} if kind == "dense" else chosen[n])
+            with torch.inference_mode():
+                model_times.setdefault(b, {})[kind] = medians([lambda: model(x)], repeats)[0]
+        if model_times[b]["chosen"] <= model_times[b]["dense"]:
+            for n, layer in layers.items():
+                layer.use(chosen[n])
+    return layer_times, model_times
 
 
 def latency(models: Mapping[str, nn.Module], input_shape: Sequence[int], batch_size: int, repeats: int,
