@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from suptickets.sweep import chain_inputs, link_inputs  # noqa: E402
 
-DEFAULT_CHAIN = ["dense", "sparse_baseline", "warmup", "tickets", "superpose", "evaluate", "report"]
+DEFAULT_CHAIN = ["dense", "sparse_baseline", "warmup", "tickets", "superpose", "export", "evaluate", "report"]
 
 
 def fail(message: str) -> None:

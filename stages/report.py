@@ -15,7 +15,7 @@ from suptickets import report
 from suptickets.artifacts import load_tensors, read_json, state_from_file, write_text
 
 HISTORIES = ["dense", "sparse_baseline", "warmup", "tickets"]
-FIGURES, SUMMARY = Path("plots"), Path("reports/summary.md")
+FIGURES, SUMMARY, EXPORT = Path("plots"), Path("reports/summary.md"), Path("metrics/export.json")
 
 
 def masks(path: Path) -> dict:
@@ -72,7 +72,11 @@ def run(s: Stage) -> None:
     figures = report.write_figures(cfg, histories, evaluate,
                                    {"warmup": masks(files["warmup"]), "tickets": tickets,
                                     "superposed": masks(files["superposed"])}, FIGURES)
-    write_text(SUMMARY, report.summary_markdown(cfg, evaluate, figures, base=SUMMARY.parent))
+    text = report.summary_markdown(cfg, evaluate, figures, base=SUMMARY.parent)
+    if EXPORT.is_file():  # a chain of stages without export has none
+        figures["export_size"] = report.plot_export_size(read_json(EXPORT), FIGURES / "export_size.png")
+        text += "\n" + report.export_markdown(read_json(EXPORT), figures["export_size"], base=SUMMARY.parent)
+    write_text(SUMMARY, text)
 
     rows = report.evaluation_rows(evaluate)
     final = {f"test_acc.{r['model']}": r["test_acc"] for r in rows}

@@ -14,7 +14,7 @@ from .data import DATASETS, FOLDER_DATASETS
 from .models import MODEL_NAMES, STEMS
 from .schedules import epoch_split, prune_window
 
-SECTIONS = ("data", "model", "train", "dst", "tickets", "superpose", "tracking", "launcher")
+SECTIONS = ("data", "model", "train", "dst", "tickets", "superpose", "tracking", "launcher", "export")
 DST_METHODS = ("set", "rigl", "granet")
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
@@ -28,6 +28,7 @@ CHOICES = {
     "superpose.scope": ("global", "layerwise"),
     "tracking.wandb.mode": ("offline", "online", "disabled"),
     "train.amp": ("none", "bf16"),
+    "export.kernel": ("auto", "csr", "dense"),
 }
 
 
@@ -88,6 +89,9 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("superpose.bn_update", lambda v: isinstance(v, bool), "true or false"),
     ("launcher.nproc_per_node", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("launcher.check_sync", lambda v: isinstance(v, bool), "true or false"),
+    ("export.batch_sizes", lambda v: isinstance(v, list) and len(v) > 0 and all(_integer(b) and b >= 1 for b in v)
+     and len(set(v)) == len(v), "a non-empty list of distinct integers >= 1"),
+    ("export.repeats", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
 ]
 GRANET_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("dst.init_density", lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),

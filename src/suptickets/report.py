@@ -409,6 +409,44 @@ def plot_mask_overlap(labels: Sequence[str], matrix: np.ndarray, path) -> Path:
     return _save(fig, path)
 
 
+def plot_export_size(export: Mapping, path) -> Path:
+    """(g) file size of each exported model (metrics/export.json): the dense weights, the masked
+    model file (weights and masks), and the sparse file; the bars carry their size in kB."""
+    models = list(export["models"])
+    kinds = [("dense_bytes", "dense weights", "0.45"), ("masked_file_bytes", "masked model file", "0.7"),
+             ("sparse_bytes", "sparse file (export)", COLORS["superposed"])]
+    x, width = np.arange(len(models)), 0.26
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    for i, (key, label, color) in enumerate(kinds):
+        kb = [export["models"][m][key] / 1e3 for m in models]
+        bars = ax.bar(x + (i - 1) * width, kb, width, color=color, label=label)
+        ax.bar_label(bars, [f"{v:,.0f}" for v in kb], fontsize=8, padding=2)
+    ax.set_xticks(x, [f"{m}\n{export['models'][m]['smaller']:.1f}× smaller than dense" for m in models])
+    ax.set_ylabel("file size (kB)")
+    ax.set_ylim(0, max(export["models"][m]["masked_file_bytes"] for m in models) / 1e3 * 1.3)
+    ax.set_title("Model file size: dense vs the exported sparse file (CSR, BatchNorm folded)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="upper center", ncol=3, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def export_markdown(export: Mapping, figure: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
+    """The summary's section on the exported sparse files: one row per model, and the size figure."""
+    rel = Path(os.path.relpath(figure, base)) if base is not None else Path(figure)
+    lines = ["## Really sparse files (export)", "",
+             "| model | dense weights | sparse file | smaller | density | same predictions |", "|---|---|---|---|---|---|"]
+    for name, m in export["models"].items():
+        lines.append(f"| {name} | {m['dense_bytes'] / 1e3:,.0f} kB | {m['sparse_bytes'] / 1e3:,.0f} kB | "
+                     f"{m['smaller']:.1f}× | {m['density']:.4g} | "
+                     f"{'yes' if m['predictions_equal'] else 'no'}, {m['test_samples']} test samples "
+                     f"(logits within {export['tolerance']:g}; kernels {', '.join(m['verified_kernels'])}) |")
+    caption = "Model file size: dense weights vs the exported sparse file"
+    lines += ["", "Latencies are in `metrics/export_speed.json` (not tracked: timings differ from run to run).",
+              "", f"![{caption}]({rel.as_posix()})", ""]
+    return "\n".join(lines)
+
+
 def mask_sets(warmup: Mapping, tickets: Sequence[Mapping], superposed: Mapping) -> dict[str, Mapping]:
     """Label the mask sets for the heat map: T0 (warmup), T1..TM, superposed."""
     out = {"T0 (warmup)": warmup}
