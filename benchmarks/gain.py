@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import _common  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE unless set; the runs it starts inherit it)
+
 # two-sided 95% Student t quantiles t_{0.975, df}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import _common  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE unless set; the runs it starts inherit it)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from project_copy import compose_params, copy_project, project_files  # noqa: E402

@@ -43,14 +43,15 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from _common import busy_warning, median  # first: sets OMP_WAIT_POLICY before torch loads
+
+import torch  # noqa: E402
 import torch.nn.functional as F
 
 from suptickets.models import build_model
 from suptickets.sparsity.engine import DST, Masked, init_masks
 from suptickets.train import Batches, train_epochs
 
-from _common import busy_warning, median  # noqa: E402
 
 TARGET = 1.10
 MODELS = {  # name -> (input shape, classes, mean, std, augmentation (padding, flip))

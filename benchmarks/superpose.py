@@ -26,10 +26,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
+from _common import busy_warning, median  # first: sets OMP_WAIT_POLICY before torch loads
+
+import torch  # noqa: E402
 from torch import Tensor
 
-from _common import busy_warning, median  # noqa: E402
 
 TARGET_S = 3.0
 

@@ -19,6 +19,9 @@ from typing import Callable
 # This checkout's own package first: DVC's queued and temporary experiments run in a copy of the
 # repository, and must use the code of that copy, not whatever `pip install -e` points at.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from suptickets.environment import apply_defaults  # noqa: E402
+
+apply_defaults()  # OMP_WAIT_POLICY=PASSIVE unless set: only read when torch loads OpenMP, so first
 
 import torch.distributed  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
