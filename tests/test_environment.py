@@ -1,6 +1,7 @@
-"""Process defaults set before torch loads OpenMP: what the OpenMP runtime of a fresh stage or
-benchmark process really uses (libgomp prints its settings when OMP_DISPLAY_ENV=VERBOSE; under
-OMP_WAIT_POLICY=PASSIVE its spin count is 0, unset it spins 300000 times, ACTIVE 3e10)."""
+"""Process defaults set before torch loads OpenMP and MKL: what the OpenMP runtime of a fresh stage
+or benchmark process really uses (libgomp prints its settings when OMP_DISPLAY_ENV=VERBOSE; under
+OMP_WAIT_POLICY=PASSIVE its spin count is 0, unset it spins 300000 times, ACTIVE 3e10), and an
+evaluation whose bits do not depend on where its tensors sit in memory (MKL_CBWR=AUTO)."""
 
 from __future__ import annotations
 
@@ -39,10 +40,10 @@ def test_the_users_own_wait_policy_wins():
 
 def test_apply_defaults_adds_only_what_is_missing():
     env = {"OMP_WAIT_POLICY": "active"}
-    assert apply_defaults(env) == {k: v for k, v in DEFAULTS.items() if k != "OMP_WAIT_POLICY"}
-    assert env["OMP_WAIT_POLICY"] == "active"
+    assert apply_defaults(env) == {"MKL_CBWR": "AUTO"}
+    assert env == {"OMP_WAIT_POLICY": "active", "MKL_CBWR": "AUTO"}
     fresh: dict[str, str] = {}
-    assert apply_defaults(fresh) == DEFAULTS == fresh
+    assert apply_defaults(fresh) == DEFAULTS == fresh == {"OMP_WAIT_POLICY": "PASSIVE", "MKL_CBWR": "AUTO"}
 
 
 def _first_import_line(tree: ast.Module, names: tuple[str, ...]) -> int | None:
@@ -69,3 +70,48 @@ def test_stage_helper_applies_the_defaults_before_importing_torch():
     tree = ast.parse((ROOT / "stages" / "_stage.py").read_text())
     calls = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "apply_defaults"]
     assert calls and min(calls) < _first_import_line(tree, ("torch",))
+
+
+EVALUATE_AT_OFFSET = """
+import hashlib, sys
+sys.path.insert(0, sys.argv[2])
+from suptickets.environment import apply_defaults
+apply_defaults()  # as stages/_stage.py does, before torch is imported
+import torch, yaml
+from suptickets import runtime
+from suptickets.train import predict, score
+
+offset = int(sys.argv[1])
+cfg = yaml.safe_load(open("params.yaml"))
+device = runtime.setup(cfg["threads"], "cpu")
+data, summary = runtime.load_batches("data/prepared", cfg, device)
+model = runtime.load_model("models/superposed.safetensors", runtime.new_model(cfg, summary, device))
+
+def misalign(module, args):  # every Linear layer reads its input from `offset` floats into a buffer
+    (x,) = args
+    moved = torch.empty(x.numel() + offset)[offset:offset + x.numel()].view(x.shape)
+    moved.copy_(x)
+    return (moved,)
+
+for m in model.modules():
+    if isinstance(m, torch.nn.Linear):
+        m.register_forward_pre_hook(misalign)
+probs, labels = predict(model, data["test"])
+acc, loss = score(probs, labels)
+print(hashlib.sha256(probs.numpy().tobytes()).hexdigest(), float(loss).hex(), float(acc).hex())
+"""
+
+
+@pytest.mark.e2e
+def test_evaluation_is_bit_identical_in_fresh_processes_whatever_the_alignment(smoke_repo):
+    """The superposed smoke model on the test split, each Linear layer's input moved to another
+    offset (0, 1, 3 floats: 0, 4, 12 bytes past a 64-byte boundary), each in a fresh process: the
+    softmax outputs, the loss and the accuracy are the same bits."""
+    env = {k: v for k, v in os.environ.items() if k not in DEFAULTS}
+    results = set()
+    for offset in (0, 1, 3):
+        proc = subprocess.run([sys.executable, "-c", EVALUATE_AT_OFFSET, str(offset), str(ROOT / "src")],
+                              cwd=smoke_repo, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results.add(proc.stdout.strip())
+    assert len(results) == 1, results
