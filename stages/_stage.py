@@ -31,6 +31,7 @@ from suptickets import runtime  # noqa: E402
 from suptickets.artifacts import write_json, write_text  # noqa: E402
 from suptickets.config import ConfigError, validate  # noqa: E402
 from suptickets.data import DataError  # noqa: E402
+from suptickets.progress import StageClock  # noqa: E402
 from suptickets.resume import Checkpoint  # noqa: E402
 from suptickets.schemas import HISTORY_COLUMNS, ValidationFailed, validate_history  # noqa: E402
 from suptickets.tracking import Run, config_hash, overrides  # noqa: E402
@@ -179,6 +180,7 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
     run = Run.start(stage=name, cfg=cfg, group=group_name(cfg), directory=root, mode=mode, rank=rank,
                     changed=changed)
     signal.signal(signal.SIGTERM, _interrupt)
+    clock = StageClock.start(name, cfg, Path(root)) if rank == 0 and os.environ.get("DVC_STAGE") else None
     try:
         body(Stage(name, cfg, run, rank=rank))
     except EXPECTED_ERRORS as err:
@@ -193,6 +195,8 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
         run.finish(exit_code=1)
         raise
     run.finish()
+    if clock is not None:
+        clock.stop()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
