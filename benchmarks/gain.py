@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import _common  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE unless set; the runs it starts inherit it)
+from suptickets.comparison import best_ticket  # noqa: E402
 
 # two-sided 95% Student t quantiles t_{0.975, df}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
@@ -69,8 +70,7 @@ def results(names: list[str]) -> dict[str, dict]:
 
 def row(m: dict) -> dict[str, float]:
     acc = m["test_acc"]
-    tickets = [v for k, v in acc.items() if k.startswith("ticket_") and k != "ticket_ensemble"]
-    return {"sparse_baseline": acc["sparse_baseline"], "best_ticket": max(tickets),
+    return {"sparse_baseline": acc["sparse_baseline"], "best_ticket": best_ticket(acc),
             "superposed": acc["superposed"], "ticket_ensemble": acc["ticket_ensemble"],
             "gain": acc["superposed"] - acc["sparse_baseline"]}
 
@@ -87,21 +87,41 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, list[float]]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.02])
-    ap.add_argument("--method", default="rigl")
-    ap.add_argument("-S", dest="overrides", action="append", default=[], help="extra override for every run")
-    ap.add_argument("--jobs", type=int, default=1, help="queue workers (dvc queue start -j)")
-    ap.add_argument("--prefix", default="gain")
-    ap.add_argument("--json", help="also write the table as JSON here")
-    ap.add_argument("--collect-only", action="store_true", help="do not run; tabulate existing experiments")
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_common.cost("every (density, seed) is one whole DAG of the default pipeline (30 epochs of dense, "
+               "sparse_baseline, warmup + tickets), about 5 minutes on a quiet 2-core CPU. The default, 5 seeds x "
+               "2 densities = 10 runs, takes close to an hour with --jobs 1 (about 35 minutes with --jobs 2 "
+               "-S threads=1, longer on a busy machine); -S experiment=smoke makes each run well under a minute. "
+               "Run it in the project (it queues DVC experiments there); --collect-only only reads them."))
+    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per density (default %(default)s)")
+    ap.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.02],
+                    help="dst.density values, one row each (default %(default)s)")
+    ap.add_argument("--method", default="rigl", help="the DST method, dst=<method>: rigl, set or granet (default %(default)s)")
+    ap.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra override for every run, as in `dvc exp run -S` (repeatable; e.g. -S threads=1, "
+                         "-S experiment=smoke)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="queue workers, `dvc queue start -j` (default %(default)s; with 2 use -S threads=1 on 2 cores)")
+    ap.add_argument("--prefix", default="gain",
+                    help="experiment names are <prefix>-d<density>-s<seed> (default %(default)s); existing ones "
+                         "of the same name are replaced")
+    ap.add_argument("--json", help="also write the table as JSON to this path")
+    ap.add_argument("--collect-only", action="store_true",
+                    help="run nothing; tabulate the finished experiments of an earlier run (same --seeds, "
+                         "--densities, --prefix)")
     args = ap.parse_args()
     runs = {f"{args.prefix}-d{d:g}-s{s}": [f"dst={args.method}", f"dst.density={d}", f"seed={s}", *args.overrides]
             for d in args.densities for s in range(args.seeds)}
     if not args.collect_only:
         queue(runs, args.jobs)
     found = results(list(runs))
+    if not found:
+        print(f"error: no finished experiments named {args.prefix}-d<density>-s<seed> to tabulate; run "
+              f"`python benchmarks/gain.py` without --collect-only first (same --seeds, --densities, --prefix)"
+              if args.collect_only else f"error: none of the {len(runs)} queued experiments finished; see "
+              "`dvc queue logs <name>`", file=sys.stderr)
+        return 2
     missing = sorted(set(runs) - set(found))
     if missing:
         print(f"no metrics for: {', '.join(missing)} (see `dvc queue logs`)", file=sys.stderr)
