@@ -102,9 +102,9 @@ def make_tickets(n: int, density: float, seed: int):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=cost("the default takes about 15 s on a quiet 2-core CPU (building the tickets about 3 s, "
-               "the baseline's sorted top-k most of the rest) and about 1 GB of memory; on a busy machine "
-               "a few times longer."))
+        epilog=cost("the default takes about 13 s on a quiet 2-core CPU (12.3 s and 13.5 s measured; building "
+                    "the tickets about 3 s, the baseline's sorted top-k most of the rest); beside two busy "
+                    "processes 47-63 s."))
     ap.add_argument("--tickets", type=int, default=4, help="M: tickets after T0 (default 4)")
     ap.add_argument("--density", type=float, default=0.05, help="density of every ticket's masks, ERK (default %(default)s)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per side, median reported (default %(default)s)")
