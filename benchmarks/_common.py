@@ -1,6 +1,6 @@
 """What the benchmark scripts share. Imported first by each of them: it puts this checkout's
 package first on sys.path and sets the process defaults of `suptickets.environment`
-(OMP_WAIT_POLICY=PASSIVE unless set), which only count before torch is imported."""
+(OMP_WAIT_POLICY=PASSIVE, MKL_CBWR=AUTO, unless set), which only count before torch is imported."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-import _common  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE unless set; the runs it starts inherit it)
+import _common  # noqa: F401  (the environment defaults; the runs it starts inherit them)
 from suptickets.comparison import best_ticket  # noqa: E402
 
 # two-sided 95% Student t quantiles t_{0.975, df}

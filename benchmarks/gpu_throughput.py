@@ -39,7 +39,7 @@ import time
 import types
 from pathlib import Path
 
-import _common  # noqa: F401  (first: OMP_WAIT_POLICY=PASSIVE unless set, before torch loads)
+import _common  # noqa: F401  (first: the environment defaults, before torch loads)
 
 CIFAR = {"resnet50": (100, [0.507, 0.487, 0.441], [0.267, 0.256, 0.276]),
          "resnet32": (10, [0.491, 0.482, 0.447], [0.247, 0.243, 0.262])}

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE unless set; the runs it starts inherit it)
+import _common  # noqa: F401  (the environment defaults; the runs it starts inherit them)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

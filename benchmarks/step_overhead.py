@@ -43,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import busy_warning, cost, median  # first: sets OMP_WAIT_POLICY before torch loads
+from _common import busy_warning, cost, median  # first: the environment defaults, before torch loads
 
 import torch  # noqa: E402
 import torch.nn.functional as F

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from _common import busy_warning, cost, median  # first: sets OMP_WAIT_POLICY before torch loads
+from _common import busy_warning, cost, median  # first: the environment defaults, before torch loads
 
 import torch  # noqa: E402
 from torch import Tensor

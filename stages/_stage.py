@@ -21,7 +21,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from suptickets.environment import apply_defaults  # noqa: E402
 
-apply_defaults()  # OMP_WAIT_POLICY=PASSIVE unless set: only read when torch loads OpenMP, so first
+apply_defaults()  # OpenMP's wait policy, MKL's CNR mode (unless set): read when torch loads, so first
 
 import torch.distributed  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402

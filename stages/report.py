@@ -4,11 +4,9 @@ and each model file as an artifact by reference (never uploaded) to a file that 
 its copy in the repository's DVC cache, or the file itself in the repository; a queued
 experiment's model that is not in the cache gets no reference (its temporary folder goes away)."""
 
-import os
-
-
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import hydra
@@ -17,8 +15,8 @@ from _stage import Stage, launch, log, stage
 from omegaconf import DictConfig
 
 from suptickets import report
-from suptickets.comparison import percent
 from suptickets.artifacts import load_tensors, read_json, state_from_file, write_text
+from suptickets.comparison import percent
 
 HISTORIES = ["dense", "sparse_baseline", "warmup", "tickets"]
 FIGURES, SUMMARY = Path("plots"), Path("reports/summary.md")
