@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import _common  # noqa: F401  (the environment defaults; the runs it starts inherit them)
 from suptickets.gains import TABLE_HEADER, row, summarize, table_row  # noqa: E402
 
 
@@ -144,19 +144,37 @@ def heatmap(table: dict, densities: list[float], lrs: list[float], path: str, su
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.02])
-    ap.add_argument("--method", default="rigl")
-    ap.add_argument("-S", dest="overrides", action="append", default=[], help="extra override for every run")
-    ap.add_argument("--jobs", type=int, default=1, help="queue workers (dvc queue start -j)")
-    ap.add_argument("--prefix", default="gain")
-    ap.add_argument("--json", help="also write the table as JSON here")
-    ap.add_argument("--collect-only", action="store_true", help="do not run; tabulate existing experiments")
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_common.cost("every (density, seed) is one whole DAG of the default pipeline (30 epochs of dense, "
+               "sparse_baseline, warmup + tickets), about 5 minutes on a quiet 2-core CPU. The default, 5 seeds x "
+               "2 densities = 10 runs, takes close to an hour with --jobs 1 (about 35 minutes with --jobs 2 "
+               "-S threads=1, longer on a busy machine); -S experiment=smoke makes each run well under a minute. "
+               "Run it in the project (it queues DVC experiments there); --collect-only only reads them."))
+    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per density (default %(default)s)")
+    ap.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.02],
+                    help="dst.density values, one row each (default %(default)s)")
+    ap.add_argument("--method", default="rigl", help="the DST method, dst=<method>: rigl, set or granet (default %(default)s)")
+    ap.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra override for every run, as in `dvc exp run -S` (repeatable; e.g. -S threads=1, "
+                         "-S experiment=smoke)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="queue workers, `dvc queue start -j` (default %(default)s; with 2 use -S threads=1 on 2 cores)")
+    ap.add_argument("--prefix", default="gain",
+                    help="experiment names are <prefix>-d<density>-s<seed> (default %(default)s); existing ones "
+                         "of the same name are replaced")
+    ap.add_argument("--json", help="also write the table as JSON to this path")
+    ap.add_argument("--collect-only", action="store_true",
+                    help="run nothing; tabulate the finished experiments of an earlier run (same --seeds, "
+                         "--densities, --prefix)")
     ap.add_argument("--grid", action="store_true",
-                    help="map the gain over --densities x --lr-max (defaults 0.2 0.05 0.02 x 0.01 0.05 0.1, 3 seeds)")
-    ap.add_argument("--lr-max", type=float, nargs="+", default=[0.01, 0.05, 0.1], help="tickets.lr_max values (--grid)")
-    ap.add_argument("--png", help="--grid: write the heatmap here")
+                    help="map the gain over --densities x --lr-max instead (their defaults become 0.2 0.05 0.02 x "
+                         "0.01 0.05 0.1, 3 seeds, prefix grid: 27 runs that share sparse_baseline and warmup "
+                         "across lr_max through DVC's run cache, roughly 1.5 hours with --jobs 2 -S threads=1 on a "
+                         "busy 2-core machine)")
+    ap.add_argument("--lr-max", type=float, nargs="+", default=[0.01, 0.05, 0.1],
+                    help="--grid: tickets.lr_max values, one column each (default %(default)s)")
+    ap.add_argument("--png", help="--grid: write the heatmap of the two gains to this path")
     args = ap.parse_args()
     if args.grid:
         if "--densities" not in sys.argv:
@@ -171,6 +189,12 @@ def main() -> int:
     if not args.collect_only:
         queue(runs, args.jobs)
     found = results(list(runs))
+    if not found:
+        print(f"error: no finished experiments named {args.prefix}-d<density>-s<seed> to tabulate; run "
+              f"`python benchmarks/gain.py` without --collect-only first (same --seeds, --densities, --prefix)"
+              if args.collect_only else f"error: none of the {len(runs)} queued experiments finished; see "
+              "`dvc queue logs <name>`", file=sys.stderr)
+        return 2
     missing = sorted(set(runs) - set(found))
     if missing:
         print(f"no metrics for: {', '.join(missing)} (see `dvc queue logs`)", file=sys.stderr)

@@ -39,6 +39,8 @@ import time
 import types
 from pathlib import Path
 
+import _common  # noqa: F401  (first: the environment defaults, before torch loads)
+
 CIFAR = {"resnet50": (100, [0.507, 0.487, 0.441], [0.267, 0.256, 0.276]),
          "resnet32": (10, [0.491, 0.482, 0.447], [0.247, 0.243, 0.262])}
 # imported at module level by suptickets.data / .artifacts / .train, never used on this script's path
@@ -90,24 +92,32 @@ def median(xs):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["resnet50", "resnet32"], choices=list(CIFAR))
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=30, help="steps per timed window")
-    ap.add_argument("--warmup", type=int, default=10, help="warm-up steps per variant")
-    ap.add_argument("--repeats", type=int, default=3, help="timed windows per variant")
-    ap.add_argument("--dataset-size", type=int, default=50_000, help="images in the synthetic data set")
-    ap.add_argument("--workers", type=int, default=4, help="DataLoader workers")
-    ap.add_argument("--density", type=float, default=0.05)
-    ap.add_argument("--update-frequency", type=int, default=100)
-    ap.add_argument("--update-calls", type=int, default=3, help="timed topology updates (median)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_common.cost("(not measured yet) per model 3 variants x (10 warm-up + 3 x 30 timed) steps at batch 128, "
+               "600 steps for the default two models, plus a synthetic data set of 50,000 images held twice "
+               "(on the GPU and as PIL images): a few minutes on one recent GPU, much longer with --compile. "
+               "--dry-run runs on a CPU at tiny sizes."))
+    ap.add_argument("--models", nargs="+", default=["resnet50", "resnet32"], choices=list(CIFAR),
+                    help="CIFAR models to time (default: both)")
+    ap.add_argument("--batch", type=int, default=128, help="images per step (default %(default)s)")
+    ap.add_argument("--steps", type=int, default=30, help="steps per timed window (default %(default)s)")
+    ap.add_argument("--warmup", type=int, default=10, help="warm-up steps per variant (default %(default)s)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed windows per variant, median reported (default %(default)s)")
+    ap.add_argument("--dataset-size", type=int, default=50_000, help="images in the synthetic data set (default %(default)s)")
+    ap.add_argument("--workers", type=int, default=4, help="DataLoader workers (default %(default)s)")
+    ap.add_argument("--density", type=float, default=0.05, help="RigL density of the masked variant, ERK (default %(default)s)")
+    ap.add_argument("--update-frequency", type=int, default=100,
+                    help="steps between topology updates, to amortise the timed update over (default %(default)s)")
+    ap.add_argument("--update-calls", type=int, default=3, help="timed topology updates, median (default %(default)s)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="peak of the card for MFU (989: H100 SXM bf16 dense)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the models")
     ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="float32 instead of bf16 autocast")
-    ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    ap.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                    help="keep the default (NCHW) memory format instead of channels_last")
     ap.add_argument("--dry-run", action="store_true",
                     help="run 2 steps of everything on CPU at tiny sizes (checks the code paths, measures nothing)")
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads (dry run)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (dry run; default %(default)s)")
     ap.add_argument("--image-size", type=int, default=32, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
     args = ap.parse_args(argv)

@@ -19,6 +19,9 @@ from typing import Callable
 # This checkout's own package first: DVC's queued and temporary experiments run in a copy of the
 # repository, and must use the code of that copy, not whatever `pip install -e` points at.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from suptickets.environment import apply_defaults  # noqa: E402
+
+apply_defaults()  # OpenMP's wait policy, MKL's CNR mode (unless set): read when torch loads, so first
 
 import torch.distributed  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -28,6 +31,7 @@ from suptickets import runtime  # noqa: E402
 from suptickets.artifacts import write_json, write_text  # noqa: E402
 from suptickets.config import ConfigError, validate  # noqa: E402
 from suptickets.data import DataError  # noqa: E402
+from suptickets.progress import StageClock  # noqa: E402
 from suptickets.resume import Checkpoint  # noqa: E402
 from suptickets.schemas import HISTORY_COLUMNS, ValidationFailed, validate_history  # noqa: E402
 from suptickets.tracking import Run, config_hash, overrides  # noqa: E402
@@ -176,6 +180,7 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
     run = Run.start(stage=name, cfg=cfg, group=group_name(cfg), directory=root, mode=mode, rank=rank,
                     changed=changed)
     signal.signal(signal.SIGTERM, _interrupt)
+    clock = StageClock.start(name, cfg, Path(root)) if rank == 0 and os.environ.get("DVC_STAGE") else None
     try:
         body(Stage(name, cfg, run, rank=rank))
     except EXPECTED_ERRORS as err:
@@ -190,6 +195,8 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
         run.finish(exit_code=1)
         raise
     run.finish()
+    if clock is not None:
+        clock.stop()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

@@ -1,5 +1,7 @@
 """evaluate: test accuracy and loss of every model present on the official test split, their
-density, the tickets' ensemble (averaged softmax), and the gains of the superposed model."""
+density, the tickets' ensemble (averaged softmax), and the gains of the superposed model
+(metrics/evaluate.json, fractions); the figures a reader compares across runs, in % and points,
+in metrics/summary.json and the W&B run's summary."""
 
 from pathlib import Path
 
@@ -8,7 +10,8 @@ import hydra
 from _stage import Stage, launch, log, stage
 from omegaconf import DictConfig
 
-from suptickets import runtime
+from suptickets import comparison, runtime
+from suptickets.artifacts import write_json
 from suptickets.schemas import validate_evaluation
 from suptickets.sparsity.engine import density_report
 from suptickets.train import predict, score
@@ -61,14 +64,15 @@ def run(s: Stage) -> None:
     metrics = {"target_density": cfg["dst"]["density"], "test_acc": acc,
                "test_loss": dict(zip(table["model"], table["test_loss"])),
                "density": {r["model"]: r["density"] for r in rows if r["density"] is not None}}
-    tickets = [v for k, v in acc.items() if k.startswith("ticket_") and k != "ticket_ensemble"]
+    best = comparison.best_ticket(acc)
     if "superposed" in acc:
         metrics["gain"] = {}
         if "sparse_baseline" in acc:
             metrics["gain"]["vs_sparse_baseline"] = acc["superposed"] - acc["sparse_baseline"]
-        if tickets:
-            metrics["gain"]["vs_best_ticket"] = acc["superposed"] - max(tickets)
-    s.write_metrics(metrics)
+        if best is not None:
+            metrics["gain"]["vs_best_ticket"] = acc["superposed"] - best
+    write_json("metrics/evaluate.json", metrics)  # fractions: the contract; W&B gets the display units
+    s.write_metrics(comparison.summary(metrics, cfg["dst"]["method"]), "metrics/summary.json")
     for r in rows:
         density = "" if r["density"] is None else f"  density {r['density']:.4f}"
         log.info(f"evaluate: {r['model']:<16} test_acc {r['test_acc']:.4f}{density}")

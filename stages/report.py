@@ -1,9 +1,12 @@
 """report: figures of the run (plots/*.png) and reports/summary.md, from the histories, the
 evaluation and the model files' masks; in W&B the evaluation table, the figures, the final numbers,
-and each model file as an artifact by reference (never uploaded)."""
+and each model file as an artifact by reference (never uploaded) to a file that outlives the run:
+its copy in the repository's DVC cache, or the file itself in the repository; a queued
+experiment's model that is not in the cache gets no reference (its temporary folder goes away)."""
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import hydra
@@ -13,6 +16,7 @@ from omegaconf import DictConfig
 
 from suptickets import report
 from suptickets.artifacts import load_tensors, read_json, state_from_file, write_text
+from suptickets.comparison import percent
 
 HISTORIES = ["dense", "sparse_baseline", "warmup", "tickets"]
 FIGURES, SUMMARY, EXPORT = Path("plots"), Path("reports/summary.md"), Path("metrics/export.json")
@@ -37,7 +41,27 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def dvc_hashes(path: Path, lock: dict) -> dict:
+def dvc_cache() -> Path:
+    """The DVC cache this checkout uses (a queued experiment's temporary copy: the repository's)."""
+    from dvc.config import Config
+
+    return Path(Config(dvc_dir=".dvc")["cache"].get("dir") or ".dvc/cache").resolve()
+
+
+def cached_file(cache: Path, md5: str) -> Path:
+    return cache / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def reference(path: Path, md5: str, cache: Path, temporary: bool) -> Path | None:
+    """What a W&B reference to the model file `path` should point at: its copy in the DVC cache,
+    else the file itself unless this run is in a temporary copy that is deleted after it."""
+    cached = cached_file(cache, md5)
+    if cached.is_file():
+        return cached
+    return None if temporary else path.resolve()
+
+
+def dvc_hashes(path: Path, lock: dict, cache: Path) -> dict:
     """What dvc.lock says about the output holding `path` (a file out, or a folder out such as
     models/tickets, whose per-file hashes come from the .dir listing in the local DVC cache)."""
     md5 = _md5(path)
@@ -48,7 +72,7 @@ def dvc_hashes(path: Path, lock: dict) -> dict:
         if path.as_posix().startswith(out["path"].rstrip("/") + "/"):
             meta.update({"dvc_out": out["path"], "dvc_md5": out.get("md5")})
             digest = str(out.get("md5", ""))
-            listing = Path(".dvc/cache/files/md5") / digest[:2] / digest[2:]
+            listing = cached_file(cache, digest)
             if digest.endswith(".dir") and listing.is_file():
                 rel = path.as_posix()[len(out["path"].rstrip("/")) + 1:]
                 entry = next((e for e in json.loads(listing.read_text()) if e.get("relpath") == rel), None)
@@ -81,7 +105,7 @@ def run(s: Stage) -> None:
     rows = report.evaluation_rows(evaluate)
     final = {f"test_acc.{r['model']}": r["test_acc"] for r in rows}
     final.update({f"density.{r['model']}": r["density"] for r in rows if r["density"] is not None})
-    final.update({f"gain.{k}": v for k, v in evaluate.get("gain", {}).items()})
+    final.update({f"gain_pts.{k}": percent(v) for k, v in evaluate.get("gain", {}).items()})  # points, as people read
     acc = evaluate["test_acc"]
     if "superposed" in acc and "sparse_baseline" in acc:
         final["superposed_beats_sparse_baseline"] = acc["superposed"] > acc["sparse_baseline"]
@@ -89,11 +113,19 @@ def run(s: Stage) -> None:
     if wb is not None:
         lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").is_file() else {}
         by_model = {r["model"]: r for r in rows}
-        models = [{"name": n, "path": p,
-                   "metadata": {**dvc_hashes(p, lock or {}), "path": p.as_posix(),
-                                "test_acc": by_model.get(n, {}).get("test_acc"),
-                                "density": by_model.get(n, {}).get("density")}}
-                  for n, p in files.items()]
+        cache = dvc_cache()
+        temporary = Path(os.environ.get("DVC_ROOT") or ".").resolve() != Path.cwd().resolve()
+        models = []
+        for n, p in files.items():
+            meta = dvc_hashes(p, lock or {}, cache)
+            ref = reference(p, meta["md5"], cache, temporary)
+            if ref is None:
+                log.warning(f"report: {p} is not in the DVC cache and this temporary experiment folder goes "
+                            f"away: no W&B reference for it")
+                continue
+            models.append({"name": n, "path": ref, "file_name": p.name,
+                           "metadata": {**meta, "path": p.as_posix(), "test_acc": by_model.get(n, {}).get("test_acc"),
+                                        "density": by_model.get(n, {}).get("density")}})
         report.log_to_wandb(wb, rows, figures, final, models)
     log.info(f"report: {SUMMARY} and {', '.join(str(p) for p in figures.values())}")
     log.info(f"report: {report.verdict(evaluate, cfg['seed'])}")

@@ -111,6 +111,13 @@ def test_queued_seed_sweep_gives_two_experiments(tmp_path):
     groups = {seed: {named[f"smoke seed={seed} · {stage}"][0] for stage in STAGES} for seed in (1, 2)}
     assert all(len(g) == 1 for g in groups.values()) and groups[1] != groups[2]  # one group per experiment
     assert named["smoke seed=2 · tickets"][1] == "tickets"
+    references = [entry.ref for r in runs for rec in read_wandb_records(next(r.glob("*.wandb")))
+                  if rec.HasField("artifact") and rec.artifact.type == "model" for entry in rec.artifact.manifest.contents]
+    assert len(references) == 2 * 6  # per experiment: dense, sparse_baseline, warmup, 2 tickets, superposed
+    cache = (repo / ".dvc/cache/files/md5").resolve()
+    for ref in references:  # the temporary experiment folders are gone; the DVC cache's copies are not
+        path = Path(ref.removeprefix("file://"))
+        assert path.is_file() and path.is_relative_to(cache), ref
     leftovers = list((repo / ".cache/suptickets/resume").glob("*")) if (repo / ".cache").exists() else []
     assert leftovers == [], "each experiment's checkpoints are its own and removed at the end"
 

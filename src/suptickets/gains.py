@@ -7,6 +7,8 @@ import math
 import statistics
 from typing import Mapping
 
+from .comparison import best_ticket
+
 # two-sided 95% Student t quantiles t_{0.975, df}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
@@ -22,8 +24,7 @@ def row(metrics: Mapping) -> dict[str, float]:
     """Test accuracies of one run's evaluate.json, its gain superposed − sparse_baseline, and the
     tickets' ensemble's gain over sparse_baseline (how diverse the tickets are)."""
     acc = metrics["test_acc"]
-    tickets = [v for k, v in acc.items() if k.startswith("ticket_") and k != "ticket_ensemble"]
-    return {"sparse_baseline": acc["sparse_baseline"], "best_ticket": max(tickets),
+    return {"sparse_baseline": acc["sparse_baseline"], "best_ticket": best_ticket(acc),
             "superposed": acc["superposed"], "ticket_ensemble": acc["ticket_ensemble"],
             "gain": acc["superposed"] - acc["sparse_baseline"],
             "ensemble_gain": acc["ticket_ensemble"] - acc["sparse_baseline"]}

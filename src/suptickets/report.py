@@ -559,7 +559,9 @@ def log_to_wandb(wb_run, rows: Sequence[Mapping], figures: Mapping[str, str | os
     wandb.Table, the figures as wandb.Image, `summary` into the run summary, and each model file as
     an Artifact holding a file:// reference only (weights are never uploaded).
 
-    `models`: {"name", "path", "metadata"} per model file."""
+    `models`: {"name", "path" (the file to reference), "metadata"} per model file, and "file_name"
+    (the name in the artifact; default: the referenced file's) when the reference is a copy under
+    another name, such as a DVC cache file."""
     if wb_run is None:
         return
     import wandb
@@ -573,7 +575,8 @@ def log_to_wandb(wb_run, rows: Sequence[Mapping], figures: Mapping[str, str | os
         wb_run.summary[key] = value
     for m in models:
         path = Path(m["path"]).resolve()
+        name = m.get("file_name", path.name)
         art = wandb.Artifact(f"model-{m['name']}", type="model", metadata=dict(m.get("metadata", {})),
-                             description=f"{m['name']}: a reference to {path.name} (not uploaded)")
-        art.add_reference("file://" + str(path), name=path.name, checksum=False)
+                             description=f"{m['name']}: a reference to {name} at {path} (not uploaded)")
+        art.add_reference("file://" + str(path), name=name, checksum=False)
         wb_run.log_artifact(art)

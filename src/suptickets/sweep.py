@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 CODE = ("src/", "stages/")
 
 
-def _paths(entries) -> list[str]:
+def stage_paths(entries) -> list[str]:
     """Paths of a dvc.yaml deps/outs/metrics/plots list (plain strings or {path: options})."""
     out = []
     for e in entries or []:
@@ -34,13 +34,13 @@ def chain_inputs(stages: Mapping[str, dict], chain: Sequence[str]) -> list[str]:
     needed: list[str] = []
     for name in chain:
         spec = stages[name]
-        for dep in _paths(spec.get("deps")):
+        for dep in stage_paths(spec.get("deps")):
             if dep.startswith(CODE) or dep in needed:
                 continue
             if not any(dep == p or dep.startswith(p.rstrip("/") + "/") for p in produced):
                 needed.append(dep)
         for key in ("outs", "metrics", "plots"):
-            produced.update(_paths(spec.get(key)))
+            produced.update(stage_paths(spec.get(key)))
     return needed
 
 

@@ -1,0 +1,129 @@
+"""Comparing runs: metrics/summary.json, `make compare` over real DVC experiments, the plots DVC
+shows, gains in points in W&B, the progress line, and the W&B Report built offline. Reuses the
+session's smoke_repo (one `dvc exp run -S experiment=smoke`) and adds one cheap experiment to it
+(superpose, evaluate and report only, W&B off so the other tests' run counts hold)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, env_for, run
+from test_report import read_wandb_records
+from suptickets.comparison import percent, summary
+
+pytestmark = pytest.mark.e2e
+INTENDED_PLOTS = {"val_acc", "lr", "density", "superpose", *(f"plots/{p}.png" for p in (
+    "val_acc", "lr", "density", "test_acc", "layer_density", "mask_overlap"))}
+
+
+@pytest.fixture(scope="module")
+def second_experiment(smoke_repo) -> tuple[Path, str]:
+    """A second experiment in smoke_repo: only superpose, evaluate and report rerun; its log."""
+    proc = run(smoke_repo, "dvc", "exp", "run", "--name", "cmp-final", "-S", "experiment=smoke",
+               "-S", "superpose.reprune=final", "-S", "tracking.wandb.mode=disabled")
+    return smoke_repo, proc.stdout + proc.stderr
+
+
+def test_summary_is_evaluate_in_percent_and_points(smoke_repo):
+    evaluate = json.loads((smoke_repo / "first_evaluate.json").read_text())
+    acc = evaluate["test_acc"]
+    best = max(acc["ticket_01"], acc["ticket_02"])
+    expected = {"method": "rigl", "density": 0.1,
+                "test_acc_pct": {"superposed": round(100 * acc["superposed"], 4),
+                                 "sparse_baseline": round(100 * acc["sparse_baseline"], 4),
+                                 "best_ticket": round(100 * best, 4),
+                                 "ticket_ensemble": round(100 * acc["ticket_ensemble"], 4),
+                                 "dense": round(100 * acc["dense"], 4)},
+                "gain_pts": {"vs_sparse_baseline": round(100 * (acc["superposed"] - acc["sparse_baseline"]), 4),
+                             "vs_best_ticket": round(100 * (acc["superposed"] - best), 4)}}
+    assert summary(evaluate, "rigl") == expected
+    # 1,000 test images: every figure is a whole number of tenths of a point, with no float noise left
+    assert all(round(v, 1) == v for part in ("test_acc_pct", "gain_pts") for v in expected[part].values())
+
+
+def test_the_evaluate_stage_writes_summary_json_as_a_dvc_metric(smoke_repo):
+    written = json.loads((smoke_repo / "metrics/summary.json").read_text())
+    evaluate = json.loads((smoke_repo / "metrics/evaluate.json").read_text())  # the same evaluate run
+    method = yaml.safe_load((smoke_repo / "params.yaml").read_text())["dst"]["method"]
+    assert written == summary(evaluate, method)
+    shown = json.loads(run(smoke_repo, "dvc", "metrics", "show", "--json").stdout)
+    assert any("metrics/summary.json" in (rev.get("data") or {}) for rev in shown.values()), shown
+
+
+def test_wandb_summaries_give_gains_in_points(smoke_repo):
+    checked = []
+    for folder in (smoke_repo / "wandb").glob("offline-run-*"):
+        records = read_wandb_records(next(folder.glob("*.wandb")))
+        job = next(r.run.job_type for r in records if r.HasField("run"))
+        seen = {u.key: json.loads(u.value_json) for r in records if r.HasField("summary")
+                for u in r.summary.update if u.key}
+        if job not in ("evaluate", "report"):
+            continue
+        assert not any(k.startswith("gain.") for k in seen), (job, sorted(seen))
+        if job == "evaluate":
+            acc = {m: seen[f"test_acc_pct.{m}"] for m in ("superposed", "sparse_baseline")}
+            assert seen["gain_pts.vs_sparse_baseline"] == round(acc["superposed"] - acc["sparse_baseline"], 4)
+        else:
+            assert seen["gain_pts.vs_sparse_baseline"] == percent(
+                seen["test_acc.superposed"] - seen["test_acc.sparse_baseline"])
+        checked.append(job)
+    assert {"evaluate", "report"} <= set(checked)
+
+
+def test_compare_shows_one_row_per_experiment_gains_in_points(second_experiment):
+    repo, _ = second_experiment
+    proc = run(repo, "python", str(ROOT / "scripts/compare.py"))
+    lines = proc.stdout.strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:5] == ["experiment", "method", "density", "seed", "lr_max"]
+    rows = {cells[0]: dict(zip(header, cells)) for cells in
+            ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+    assert "cmp-final" in rows and len(rows) >= 2, proc.stdout  # this module's experiment and the fixture's
+    mine = rows["cmp-final"]
+    figures = json.loads((repo / "metrics/summary.json").read_text())  # the applied experiment: cmp-final
+    assert (mine["method"], mine["density"], mine["seed"], mine["lr_max"]) == ("rigl", "0.1", "0", "0.05")
+    assert mine["superposed %"] == f"{figures['test_acc_pct']['superposed']:.2f}"
+    assert mine["gain vs sparse_baseline (pts)"] == f"{figures['gain_pts']['vs_sparse_baseline']:+.2f}"
+    for row in rows.values():
+        for key in ("gain vs sparse_baseline (pts)", "gain vs best ticket (pts)"):
+            assert re.fullmatch(r"[+-]\d+\.\d\d|—", row[key]), row
+    assert "scripts/compare.py" in subprocess.run(["make", "-n", "compare"], cwd=ROOT, capture_output=True,
+                                                  text=True).stdout
+
+
+def test_a_stage_under_dvc_says_where_the_run_stands(smoke_repo, second_experiment):
+    first = (smoke_repo / "exp_run.log").read_text()  # a fresh repository: no times yet
+    assert "[1/8] prepare — no earlier times to estimate what is left (8 stage(s) expected)" in first
+    for i, stage in enumerate(["dense", "sparse_baseline", "warmup", "tickets", "superpose", "evaluate", "report"], 2):
+        assert f"[{i}/8] {stage} — " in first, stage
+    _, log = second_experiment
+    assert re.search(r"\[6/8\] superpose — about (\d+m)?\d+s left \(last run's times\)", log), log
+    times = json.loads((smoke_repo / ".cache/suptickets/stage_times.json").read_text())["smoke"]
+    assert set(times) == {"prepare", "dense", "sparse_baseline", "warmup", "tickets", "superpose", "evaluate",
+                          "report"}
+
+
+def test_dvc_plots_show_lists_exactly_the_intended_plots(smoke_repo):
+    shown = json.loads(run(smoke_repo, "dvc", "plots", "show", "--json").stdout)["data"]
+    assert set(shown) == INTENDED_PLOTS
+    [superpose] = shown["superpose"]
+    assert superpose["content"]["encoding"]["x"]["field"] == "k"
+    assert superpose["content"]["layer"][0]["encoding"]["y"]["field"] == "val_acc"
+    run(smoke_repo, "dvc", "plots", "show")  # writes dvc_plots/index.html
+    assert (smoke_repo / "dvc_plots/index.html").is_file()
+    assert "dvc_plots" not in run(smoke_repo, "git", "status", "--porcelain").stdout
+
+
+def test_gain_collect_only_with_nothing_to_collect_says_what_to_run(smoke_repo):
+    proc = subprocess.run(["python", str(ROOT / "benchmarks/gain.py"), "--collect-only", "--prefix", "absent"],
+                          cwd=smoke_repo, env=env_for(smoke_repo), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    [line] = proc.stderr.strip().splitlines()
+    assert "no finished experiments named absent-d<density>-s<seed>" in line
+    assert "run `python benchmarks/gain.py` without --collect-only first" in line
