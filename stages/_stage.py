@@ -26,18 +26,16 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from suptickets import runtime  # noqa: E402
 from suptickets.artifacts import write_json, write_text  # noqa: E402
-from suptickets.config import ConfigError, validate  # noqa: E402
-from suptickets.data import DataError  # noqa: E402
+from suptickets.config import validate  # noqa: E402
+from suptickets.errors import ConfigError, SupticketsError  # noqa: E402
 from suptickets.resume import Checkpoint  # noqa: E402
-from suptickets.schemas import HISTORY_COLUMNS, ValidationFailed, validate_history  # noqa: E402
+from suptickets.schemas import HISTORY_COLUMNS, validate_history  # noqa: E402
 from suptickets.tracking import Run, config_hash, overrides  # noqa: E402
-from suptickets.train import TrainingDiverged  # noqa: E402
 
 log = logging.getLogger("suptickets")
 HYDRA_DEFAULTS = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout",
                   "hydra/hydra_logging=disabled"]
 TRAINING_STAGES = ("dense", "sparse_baseline", "warmup", "tickets")
-EXPECTED_ERRORS = (ConfigError, DataError, ValidationFailed, TrainingDiverged, FileNotFoundError, ValueError)
 
 
 @dataclass
@@ -153,8 +151,9 @@ def launch(main: Callable[[], None]) -> None:
 
 
 def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
-    """Run `body` as stage `name`: validate the config, start W&B, report expected errors as
-    one line each (exit 2) with nothing half-written."""
+    """Run `body` as stage `name`: validate the config, start W&B, report the project's own errors
+    (suptickets.errors: a setting, a data or input file the user can fix) as one line each (exit 2)
+    with nothing half-written. Any other exception is a bug: its traceback is kept (exit 1)."""
     rank = int(os.environ.get("RANK", "0"))
     queued = os.environ.get("DVC_ROOT") and Path(os.environ["DVC_ROOT"]).resolve() != Path.cwd().resolve()
     quiet = rank != 0 or queued  # other ranks, and DVC's queued / temporary experiments, log warnings only
@@ -178,7 +177,7 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         body(Stage(name, cfg, run, rank=rank))
-    except EXPECTED_ERRORS as err:
+    except SupticketsError as err:
         run.finish(exit_code=2)
         _fail(name, err)
     except KeyboardInterrupt:

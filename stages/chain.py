@@ -27,6 +27,7 @@ import yaml  # noqa: E402
 from _stage import TRAINING_STAGES, launch, stage  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from suptickets.errors import ConfigError  # noqa: E402
 from suptickets.sweep import chain_inputs, link_inputs  # noqa: E402
 
 DEFAULT_CHAIN = ["dense", "sparse_baseline", "warmup", "tickets", "superpose", "evaluate", "report"]
@@ -53,7 +54,7 @@ def main(cfg: DictConfig) -> None:
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     try:
         needed = chain_inputs(stages, chain)
-    except ValueError as err:
+    except ConfigError as err:
         fail(str(err))
     if cfg.launcher.nproc_per_node > 1 and any(s in TRAINING_STAGES for s in chain):
         fail(f"launcher.nproc_per_node={cfg.launcher.nproc_per_node}: a chain runs one process per job; "

@@ -11,6 +11,7 @@ from torch.optim.swa_utils import update_bn
 
 from suptickets import runtime
 from suptickets.artifacts import load_tensors, state_from_file, write_text
+from suptickets.errors import MissingInput
 from suptickets.sparsity.engine import attach_masks, density_report
 from suptickets.superpose import superpose_steps
 from suptickets.train import evaluate
@@ -19,7 +20,7 @@ from suptickets.train import evaluate
 def model_files() -> list[Path]:
     tickets = sorted(Path("models/tickets").glob("ticket_*.safetensors"))
     if not tickets:
-        raise FileNotFoundError("models/tickets: no ticket_*.safetensors; run the tickets stage first")
+        raise MissingInput("models/tickets: no ticket_*.safetensors; run the tickets stage first")
     return [Path("models/warmup.safetensors"), *tickets]
 
 

@@ -11,6 +11,7 @@ import math
 from typing import Any, Callable
 
 from .data import DATASETS, FOLDER_DATASETS
+from .errors import ConfigError
 from .models import MODEL_NAMES, STEMS
 from .schedules import epoch_split
 
@@ -29,10 +30,6 @@ CHOICES = {
     "tracking.wandb.mode": ("offline", "online", "disabled"),
     "train.amp": ("none", "bf16"),
 }
-
-
-class ConfigError(ValueError):
-    """The configuration cannot run; the message has one line per problem."""
 
 
 def get(cfg: dict, key: str, default: Any = None) -> Any:

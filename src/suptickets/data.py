@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from suptickets.artifacts import load_tensors, read_json, save_tensors, write_json
+from suptickets.errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,10 +48,6 @@ IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
 
 CIFAR_ROW_BYTES = 3 * 32 * 32
-
-
-class DataError(ValueError):
-    """A data file is missing or not what it should be; the message names the file."""
 
 
 @dataclass

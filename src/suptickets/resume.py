@@ -19,6 +19,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .artifacts import model_tensors, save_tensors, state_from_file
+from .errors import BadModelFile
 from .sparsity.engine import attach_masks
 
 STATE = "state.safetensors"
@@ -73,7 +74,8 @@ class Checkpoint:
             attach_masks(model, masks)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or any(not k.endswith(".weight_mask") for k in missing):
-            raise ValueError(f"{path}: does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise BadModelFile(f"{path}: resume checkpoint does not fit the model (missing {missing[:3]}, "
+                               f"unexpected {unexpected[:3]}); delete {path.parent} to start the stage afresh")
         params = dict(model.named_parameters())
         for k, v in tensors.items():
             if k.startswith("momentum."):

@@ -12,6 +12,7 @@ from torch import nn
 
 from .artifacts import load_tensors, model_tensors, read_json, save_tensors, state_from_file
 from .data import load_prepared
+from .errors import BadModelFile, TrainingDiverged
 from .imagefolder import MANIFEST, load_folder_batches
 from .models import build_model
 from .sparsity.engine import attach_masks
@@ -91,7 +92,7 @@ def save_model(path: str | os.PathLike, model: nn.Module) -> None:
     tensors = model_tensors(model.state_dict())
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise RuntimeError(f"{path}: refusing to write a model with non-finite values in {', '.join(bad[:3])}")
+        raise TrainingDiverged(f"{path}: refusing to write a model with non-finite values in {', '.join(bad[:3])}")
     save_tensors(path, tensors)
 
 
@@ -99,10 +100,19 @@ def load_model(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     """Load a model file (weights + masks) into a freshly built model of the same architecture."""
     device = next(model.parameters()).device
     state, masks = state_from_file(load_tensors(path, device))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: does not fit model {type(model).__name__}: {str(err).splitlines()[0]}") from None
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [f"{k} {list(v.shape)} (expected {list(expected[k].shape)})" for k, v in state.items()
+             if k in expected and v.shape != expected[k].shape]
+    wrong += [f"mask.{k} {list(m.shape)} (expected {list(expected[k].shape)})" for k, m in masks.items()
+              if k not in expected or m.shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        found = [f"missing {', '.join(missing[:3])}" if missing else "",
+                 f"unexpected {', '.join(unexpected[:3])}" if unexpected else "",
+                 f"wrong shape {', '.join(wrong[:3])}" if wrong else ""]
+        raise BadModelFile(f"{path}: does not fit model {type(model).__name__} of this config: "
+                           f"{'; '.join(f for f in found if f)}")
+    model.load_state_dict(state, strict=True)
     if masks:
         attach_masks(model, masks)
     return model
@@ -125,4 +135,8 @@ def load_optimizer(path: str | os.PathLike, model: nn.Module, optimizer: torch.o
         if buf is not None:
             optimizer.state[p]["momentum_buffer"] = buf.clone()
     with safe_open(str(Path(path)), framework="pt") as f:
-        return int(f.metadata()["step"])
+        step = (f.metadata() or {}).get("step", "")
+    if not step.isdigit():
+        raise BadModelFile(f"{path}: no optimizer step in its metadata (got {step!r}); expected the file "
+                           "warmup writes")
+    return int(step)

@@ -14,6 +14,7 @@ import pandera.pandas as pa
 import torch
 
 from suptickets import data
+from suptickets.errors import ValidationFailed
 
 SPLITS = data.SPLITS
 HISTORY_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_acc", "density"]
@@ -24,14 +25,6 @@ _COLUMN_PRESENCE_CHECKS = {
     "column_in_dataframe": "required column missing",
     "column_in_schema": "column not allowed",
 }
-
-
-class ValidationFailed(ValueError):
-    """A table or tensor set failed validation; `failure_cases` holds pandera's table if any."""
-
-    def __init__(self, message: str, failure_cases: pd.DataFrame | None = None):
-        super().__init__(message)
-        self.failure_cases = failure_cases
 
 
 # ----------------------------------------------------------------------------------------------

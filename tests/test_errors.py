@@ -1,0 +1,116 @@
+"""Errors that tell the truth, through real stage processes: the project's own errors (a setting, a
+data or model file the user can fix) are one line and exit 2 with nothing written; anything else is a
+bug and keeps its traceback (exit 1)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from suptickets import errors
+
+SMALL = ["experiment=smoke", "data.limit_train=200", "data.limit_test=50", "threads=1", "device=cpu"]
+
+
+def stage(cwd: Path, name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py"), *SMALL, *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT / "src"),
+                               "OMP_WAIT_POLICY": "PASSIVE"})
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A folder holding data/prepared, made by the real prepare stage (a small Fashion-MNIST subset)."""
+    folder = tmp_path_factory.mktemp("prepared")
+    proc = stage(folder, "prepare")
+    assert proc.returncode == 0, proc.stderr
+    return folder / "data" / "prepared"
+
+
+def project_with(prepared: Path, where: Path) -> Path:
+    shutil.copytree(prepared, where / "data" / "prepared")
+    return where
+
+
+def test_every_project_error_is_a_suptickets_error_and_keeps_its_old_base():
+    assert issubclass(errors.ConfigError, ValueError) and issubclass(errors.DataError, ValueError)
+    assert issubclass(errors.TrainingDiverged, RuntimeError) and issubclass(errors.MissingInput, FileNotFoundError)
+    assert issubclass(errors.BadModelFile, errors.BadInputFile)
+    for name in ("ConfigError", "DataError", "ValidationFailed", "TrainingDiverged", "MissingInput",
+                 "BadInputFile", "BadModelFile"):
+        assert issubclass(getattr(errors, name), errors.SupticketsError), name
+    from suptickets.config import ConfigError
+    from suptickets.data import DataError
+    from suptickets.schemas import ValidationFailed
+    from suptickets.train import TrainingDiverged
+    assert (ConfigError, DataError, ValidationFailed, TrainingDiverged) == \
+        (errors.ConfigError, errors.DataError, errors.ValidationFailed, errors.TrainingDiverged)
+
+
+def test_missing_prepared_data_is_one_line_exit_2_and_nothing_is_written(tmp_path):
+    proc = stage(tmp_path, "dense")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: dense: data/prepared/train.safetensors: missing prepared split, expected a safetensors "
+        f"file with 'x' (uint8) and 'y' (int64)"], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert tree(tmp_path) == {}
+
+
+def test_a_model_file_of_another_architecture_is_one_line_exit_2(prepared, tmp_path):
+    """evaluate reads a dense model trained for another hidden width: named, not a traceback."""
+    from suptickets import runtime
+    from suptickets.artifacts import read_json
+
+    project = project_with(prepared, tmp_path)
+    summary = read_json(project / "data/prepared/summary.json")
+    cfg = {"seed": 0, "model": {"name": "mlp", "hidden": [16, 8], "batch_norm": True}, "train": {}}
+    runtime.save_model(project / "models/dense.safetensors", runtime.new_model(cfg, summary, "cpu"))
+    before = tree(project)
+    proc = stage(project, "evaluate")
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: evaluate: models/dense.safetensors: does not fit model MLP of this config: "
+                           "wrong shape net.1.weight [16, 784] (expected [64, 784])"), line
+    assert tree(project) == before
+
+
+def test_a_missing_input_model_is_one_line_exit_2(prepared, tmp_path):
+    project = project_with(prepared, tmp_path)
+    before = tree(project)
+    proc = stage(project, "tickets")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: tickets: models/warmup.safetensors: no such file"]
+    assert tree(project) == before
+
+
+@pytest.mark.parametrize("corrupt,raised", [
+    # summary.json claims fewer classes than the labels hold: torch's loss raises (IndexError)
+    (lambda s: {**s, "num_classes": 5}, "IndexError"),
+    # two channel means for one-channel images: the project's own normalize raises a plain ValueError
+    (lambda s: {**s, "mean": [0.5, 0.5], "std": [0.3, 0.3]}, "ValueError"),
+], ids=["library-error", "plain-valueerror"])
+def test_an_error_that_is_not_the_projects_keeps_its_traceback_and_exits_1(prepared, tmp_path, corrupt, raised):
+    """A prepared folder edited by hand (DVC would call it modified) reaches code that trusts it: that
+    is not a message for the user to act on, so it must not look like one."""
+    project = project_with(prepared, tmp_path)
+    path = project / "data/prepared/summary.json"
+    path.write_text(json.dumps(corrupt(json.loads(path.read_text()))))
+    before = tree(project)
+    proc = stage(project, "dense", "train.epochs=1")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert any(line.startswith(f"{raised}: ") for line in proc.stderr.splitlines()), proc.stderr[-2000:]
+    assert "error: dense:" not in proc.stderr
+    assert tree(project) == before
