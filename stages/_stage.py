@@ -21,21 +21,48 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch.distributed  # noqa: E402
+import yaml  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from suptickets import runtime  # noqa: E402
 from suptickets.artifacts import write_json, write_text  # noqa: E402
-from suptickets.config import validate  # noqa: E402
+from suptickets.config import known_keys, unknown_keys, validate  # noqa: E402
 from suptickets.errors import ConfigError, SupticketsError  # noqa: E402
 from suptickets.resume import Checkpoint  # noqa: E402
 from suptickets.schemas import HISTORY_COLUMNS, validate_history  # noqa: E402
 from suptickets.tracking import Run, config_hash, overrides  # noqa: E402
 
 log = logging.getLogger("suptickets")
+PROJECT = Path(__file__).resolve().parents[1]
 HYDRA_DEFAULTS = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout",
                   "hydra/hydra_logging=disabled"]
 TRAINING_STAGES = ("dense", "sparse_baseline", "warmup", "tickets")
+# Settings a stage reads that cannot change its results, so dvc.yaml does not declare them (tests/
+# test_dag.py holds every stage to its declared params plus these). Validated like any other.
+RESULT_FREE = (
+    "name",             # a label: W&B run names and the W&B group of a DVC-less run (report declares it)
+    "tracking",         # where W&B writes (mode, project, entity)
+    "data.workers",     # DataLoader worker processes: batches are the same for any number (imagefolder)
+)
+
+
+def config_options(params: Path = PROJECT / "params") -> list[tuple[str, dict]]:
+    """(package, content) of every file in params/: the root, and each option of each config group
+    (a `# @package _global_` preset at the root, any other option under its group's key)."""
+    out = [("", yaml.safe_load((params / "params.yaml").read_text()))]
+    for path in sorted(params.glob("*/*.yaml")):
+        text = path.read_text()
+        out.append(("" if text.startswith("# @package _global_") else path.parent.name, yaml.safe_load(text)))
+    return out
+
+
+def stage_keys(name: str) -> list[str]:
+    """The settings stage `name` reads: its params in dvc.yaml, plus RESULT_FREE."""
+    spec = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"].get(name, {})
+    declared = [k for entry in spec.get("params", []) for k in ([entry] if isinstance(entry, str) else
+                                                                 [x for v in entry.values() for x in v])]
+    return declared + list(RESULT_FREE)
 
 
 @dataclass
@@ -140,9 +167,18 @@ def preset_base(cfg: dict) -> dict:
             GlobalHydra.instance().initialize(saved)
 
 
-def launch(main: Callable[[], None]) -> None:
+def launch(main: Callable[[], None], extra_keys: tuple[str, ...] = ()) -> None:
     """Call a stage's `@hydra.main` function with the runtime defaults (no output folder, no log
-    file, logs to stdout) unless the command line sets them."""
+    file, logs to stdout) unless the command line sets them. A command-line override of a key that
+    no config file defines (`tickets.cycle_rat=0.2`, with or without `+`) is refused first, in one
+    line naming the nearest known key (Hydra's own message would say only that it is not in the
+    config)."""
+    groups = {p.name for p in (PROJECT / "params").iterdir() if p.is_dir()}
+    named = [a.lstrip("+~").split("=", 1)[0] for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+    problems = unknown_keys(dict.fromkeys(k for k in named if not k.startswith("hydra") and k not in groups),
+                            known_keys(config_options()) | set(extra_keys))
+    if problems:
+        _fail(Path(sys.argv[0]).stem, ConfigError("\n".join(problems)))
     given = " ".join(sys.argv[1:])
     multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])  # keep each sweep job's .hydra/ record
     sys.argv += [a for a in HYDRA_DEFAULTS if a.split("=")[0] not in given
@@ -160,11 +196,11 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
     cfg = OmegaConf.to_container(dcfg, resolve=True)
     try:
-        validate(cfg)
+        validate(cfg, stage_keys(name), known_keys(config_options()))
     except ConfigError as err:
         _fail(name, err)
-    procs = cfg["launcher"]["nproc_per_node"]
-    if name in TRAINING_STAGES and procs > 1 and "WORLD_SIZE" not in os.environ:
+    procs = cfg["launcher"]["nproc_per_node"] if name in TRAINING_STAGES else 1
+    if procs > 1 and "WORLD_SIZE" not in os.environ:
         # the same command, once per process, under PyTorch's own launcher (dvc.yaml stays the same)
         sys.exit(subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                   f"--nproc_per_node={procs}", sys.argv[0], *sys.argv[1:]]))

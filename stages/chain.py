@@ -66,9 +66,10 @@ def main(cfg: DictConfig) -> None:
             fail(f"{', '.join(missing)}: missing in {Path.cwd()}; run the stages that write them first "
                  "(dvc repro), or start the chain earlier")
         os.chdir(job)
+    settings = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "chain"])  # what the stages read
     for name in chain:
-        stage(name, import_module(name).run, cfg)
+        stage(name, import_module(name).run, settings)
 
 
 if __name__ == "__main__":
-    launch(main)
+    launch(main, extra_keys=("chain",))

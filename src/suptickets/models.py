@@ -151,6 +151,7 @@ BUILDERS = {  # name -> (builder(shape, num_classes, **options), allowed option 
     "resnet50": (lambda shape, k, stem="cifar": _resnet50(shape, k, stem), ("stem",)),
 }
 STEMS = ("cifar", "imagenet")
+MODEL_OPTIONS = {name: allowed for name, (_, allowed) in BUILDERS.items()}  # model.* keys besides name
 
 
 def _resnet50(shape, num_classes, stem="cifar"):
