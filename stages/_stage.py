@@ -14,7 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 # This checkout's own package first: DVC's queued and temporary experiments run in a copy of the
 # repository, and must use the code of that copy, not whatever `pip install -e` points at.
@@ -25,13 +25,14 @@ import yaml  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from suptickets import runtime  # noqa: E402
 from suptickets.artifacts import write_json, write_text  # noqa: E402
-from suptickets.config import known_keys, unknown_keys, validate  # noqa: E402
+from suptickets.config import get, known_keys, unknown_keys, validate  # noqa: E402
 from suptickets.errors import ConfigError, SupticketsError  # noqa: E402
-from suptickets.resume import Checkpoint  # noqa: E402
-from suptickets.schemas import HISTORY_COLUMNS, validate_history  # noqa: E402
+from suptickets.history import HISTORY_COLUMNS, check_history, history_csv  # noqa: E402
 from suptickets.tracking import Run, config_hash, overrides  # noqa: E402
+
+if TYPE_CHECKING:  # imported where used: a stage depends (dvc.yaml) only on the modules it loads
+    from suptickets.resume import Checkpoint
 
 log = logging.getLogger("suptickets")
 PROJECT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,7 @@ RESULT_FREE = (
     "name",             # a label: W&B run names and the W&B group of a DVC-less run (report declares it)
     "tracking",         # where W&B writes (mode, project, entity)
     "data.workers",     # DataLoader worker processes: batches are the same for any number (imagefolder)
+    "data.download",    # whether prepare may fetch the official files when they are missing: same files
 )
 
 
@@ -57,12 +59,16 @@ def config_options(params: Path = PROJECT / "params") -> list[tuple[str, dict]]:
     return out
 
 
+def declared_params(name: str) -> list[str]:
+    """The params of stage `name` in dvc.yaml (keys or whole sections of params.yaml)."""
+    spec = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"].get(name, {})
+    return [k for entry in spec.get("params", []) for k in ([entry] if isinstance(entry, str) else
+                                                             [x for v in entry.values() for x in v])]
+
+
 def stage_keys(name: str) -> list[str]:
     """The settings stage `name` reads: its params in dvc.yaml, plus RESULT_FREE."""
-    spec = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"].get(name, {})
-    declared = [k for entry in spec.get("params", []) for k in ([entry] if isinstance(entry, str) else
-                                                                 [x for v in entry.values() for x in v])]
-    return declared + list(RESULT_FREE)
+    return declared_params(name) + list(RESULT_FREE)
 
 
 @dataclass
@@ -82,9 +88,12 @@ class Stage:
 
         Returns {"epoch": epochs done (0 if fresh), "step", "extra"}; the history is restored too.
         """
+        from suptickets.resume import Checkpoint
+
         root = Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
         here = Path.cwd().resolve()
-        self.checkpoint = Checkpoint.for_stage(root, self.name, self.cfg, [Path(p) for p in inputs],
+        settings = {k: get(self.cfg, k) for k in declared_params(self.name)}  # what DVC keys the stage by
+        self.checkpoint = Checkpoint.for_stage(root, self.name, settings, [Path(p) for p in inputs],
                                                workdir="" if here == root else str(here))
         self._model, self._optimizer = model, optimizer
         meta = self.checkpoint.load(model, optimizer)
@@ -104,6 +113,8 @@ class Stage:
 
     def save_model(self, path, model) -> None:
         """Only rank 0 writes artifacts."""
+        from suptickets import runtime
+
         if self.rank == 0:
             runtime.save_model(path, model)
 
@@ -118,12 +129,13 @@ class Stage:
                      f"{last['density']:.3f}{flops}")
 
     def write_history(self, path: str | None = None, extra: tuple[str, ...] = ("val_loss",)) -> None:
-        import pandas as pd
-
+        """Check the history (plain Python: no pandas in a training process) and write its CSV."""
         if self.rank != 0:
             return
-        df = validate_history(pd.DataFrame(self.history)[HISTORY_COLUMNS + list(extra)], extra=extra)
-        write_text(path or f"plots/{self.name}.csv", df.to_csv(index=False, float_format="%.6g"))
+        columns = HISTORY_COLUMNS + list(extra)
+        rows = [{c: row.get(c) for c in columns} for row in self.history]
+        check_history(rows, extra=extra)
+        write_text(path or f"plots/{self.name}.csv", history_csv(rows, columns))
 
     def write_metrics(self, metrics: dict, path: str | None = None) -> None:
         if self.rank != 0:

@@ -1,7 +1,7 @@
 """Resume checkpoints: the state at the end of the last finished epoch, so a killed stage picks up
 where it stopped and ends bit-identical to an uninterrupted run.
 
-One checkpoint folder per (stage, resolved config, input files[, run folder]) under
+One checkpoint folder per (stage, its settings, input files[, run folder]) under
 `<root>/.cache/suptickets/resume/`; the state is one safetensors file (model tensors, momentum
 buffers, and the loop's counters as JSON metadata) replaced atomically after every epoch. A
 checkpoint of another config or other inputs has another key and is never read.
