@@ -7,35 +7,15 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import run_stage, tree
 from suptickets import errors
 
-SMALL = ["experiment=smoke", "data.limit_train=200", "data.limit_test=50", "threads=1", "device=cpu"]
-
-
 def stage(cwd: Path, name: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py"), *SMALL, *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300,
-                          env={"PATH": "/usr/bin:/bin", "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT / "src"),
-                               "OMP_WAIT_POLICY": "PASSIVE"})
-
-
-def tree(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    """A folder holding data/prepared, made by the real prepare stage (a small Fashion-MNIST subset)."""
-    folder = tmp_path_factory.mktemp("prepared")
-    proc = stage(folder, "prepare")
-    assert proc.returncode == 0, proc.stderr
-    return folder / "data" / "prepared"
+    return run_stage(cwd, name, *args)
 
 
 def project_with(prepared: Path, where: Path) -> Path:
@@ -68,12 +48,12 @@ def test_missing_prepared_data_is_one_line_exit_2_and_nothing_is_written(tmp_pat
     assert tree(tmp_path) == {}
 
 
-def test_a_model_file_of_another_architecture_is_one_line_exit_2(prepared, tmp_path):
+def test_a_model_file_of_another_architecture_is_one_line_exit_2(small_prepared, tmp_path):
     """evaluate reads a dense model trained for another hidden width: named, not a traceback."""
     from suptickets import runtime
     from suptickets.artifacts import read_json
 
-    project = project_with(prepared, tmp_path)
+    project = project_with(small_prepared, tmp_path)
     summary = read_json(project / "data/prepared/summary.json")
     cfg = {"seed": 0, "model": {"name": "mlp", "hidden": [16, 8], "batch_norm": True}, "train": {}}
     runtime.save_model(project / "models/dense.safetensors", runtime.new_model(cfg, summary, "cpu"))
@@ -86,8 +66,8 @@ def test_a_model_file_of_another_architecture_is_one_line_exit_2(prepared, tmp_p
     assert tree(project) == before
 
 
-def test_a_missing_input_model_is_one_line_exit_2(prepared, tmp_path):
-    project = project_with(prepared, tmp_path)
+def test_a_missing_input_model_is_one_line_exit_2(small_prepared, tmp_path):
+    project = project_with(small_prepared, tmp_path)
     before = tree(project)
     proc = stage(project, "tickets")
     assert proc.returncode == 2, proc.stderr
@@ -101,10 +81,10 @@ def test_a_missing_input_model_is_one_line_exit_2(prepared, tmp_path):
     # two channel means for one-channel images: the project's own normalize raises a plain ValueError
     (lambda s: {**s, "mean": [0.5, 0.5], "std": [0.3, 0.3]}, "ValueError"),
 ], ids=["library-error", "plain-valueerror"])
-def test_an_error_that_is_not_the_projects_keeps_its_traceback_and_exits_1(prepared, tmp_path, corrupt, raised):
+def test_an_error_that_is_not_the_projects_keeps_its_traceback_and_exits_1(small_prepared, tmp_path, corrupt, raised):
     """A prepared folder edited by hand (DVC would call it modified) reaches code that trusts it: that
     is not a message for the user to act on, so it must not look like one."""
-    project = project_with(prepared, tmp_path)
+    project = project_with(small_prepared, tmp_path)
     path = project / "data/prepared/summary.json"
     path.write_text(json.dumps(corrupt(json.loads(path.read_text()))))
     before = tree(project)
