@@ -94,3 +94,47 @@ def test_an_error_that_is_not_the_projects_keeps_its_traceback_and_exits_1(small
     assert any(line.startswith(f"{raised}: ") for line in proc.stderr.splitlines()), proc.stderr[-2000:]
     assert "error: dense:" not in proc.stderr
     assert tree(project) == before
+
+
+# ----------------------------------------------------------------------------------------------
+# a bad data root: nothing created outside the repository, the whole reason kept
+
+NO_NETWORK = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # a closed port: fails at once
+
+
+@pytest.mark.parametrize("data", ["fashion_mnist", "cifar10"])
+def test_a_data_root_that_does_not_exist_creates_nothing_and_keeps_the_whole_reason(tmp_path, data):
+    project, outside = tmp_path / "project", tmp_path / "outside"
+    project.mkdir()
+    root = outside / "nonexistent"
+    proc = run_stage(project, "prepare", f"data={data}", f"data.root={root}", "hydra.run.dir=.", env=NO_NETWORK)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: prepare: ") and f"download into {root} failed (" in line, line
+    assert "<urlopen error [Errno 111] Connection refused>" in line, line  # torchvision's whole message
+    assert not outside.exists()
+    assert sorted(p.relative_to(project).as_posix() for p in project.rglob("*")) == []
+
+
+def test_a_download_lands_in_the_data_root_only_when_it_succeeds(tmp_path, monkeypatch):
+    from suptickets.data import download_into
+
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "elsewhere" / "root"
+
+    def fetch(folder):
+        (Path(folder) / "FashionMNIST" / "raw").mkdir(parents=True)
+        (Path(folder) / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").write_bytes(b"labels")
+
+    def fail(folder):
+        (Path(folder) / "half").write_bytes(b"half a file")
+        raise RuntimeError("Error downloading x.gz:\nTried http://mirror/, got:\n<urlopen error refused>\n")
+
+    with pytest.raises(errors.DataError) as info:
+        download_into(target, fail, "download failed", "set data.root")
+    assert str(info.value) == ("download failed (RuntimeError: Error downloading x.gz: Tried http://mirror/, got: "
+                               "<urlopen error refused>); set data.root")
+    assert not (tmp_path / "elsewhere").exists() and list(tmp_path.iterdir()) == []
+    download_into(target, fetch, "download failed", "set data.root")
+    assert (target / "FashionMNIST/raw/t10k-labels-idx1-ubyte").read_bytes() == b"labels"
+    assert list(tmp_path.iterdir()) == [tmp_path / "elsewhere"]
