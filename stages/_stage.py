@@ -1,8 +1,11 @@
 """What every stage script shares: the Hydra entry point, validation before any work, the W&B run,
 and writing the stage's history, metrics and model atomically.
 
-Run by hand, a stage composes `params/` (`python stages/dense.py model=resnet32 train.epochs=2`);
-under DVC it reads the composed root `params.yaml` (`-cp .. -cn params`, see dvc.yaml).
+Run by hand, a stage composes `params/` (`python stages/dense.py model=resnet32 train.epochs=2`)
+and works in its own run folder, `outputs/<date>/<time>-<stage>/`, with its inputs linked there
+from the project, so DVC's outputs are never overwritten (`hydra.run.dir=.` writes into the
+project instead). Under DVC it reads the composed root `params.yaml` (`-cp .. -cn params`, see
+dvc.yaml) and writes in place.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import logging
 import os
 import signal
 import subprocess
+import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -23,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch.distributed  # noqa: E402
 import yaml  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from suptickets.artifacts import write_json, write_text  # noqa: E402
@@ -61,9 +67,13 @@ def config_options(params: Path = PROJECT / "params") -> list[tuple[str, dict]]:
 
 def declared_params(name: str) -> list[str]:
     """The params of stage `name` in dvc.yaml (keys or whole sections of params.yaml)."""
-    spec = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"].get(name, {})
+    spec = dvc_stages().get(name, {})
     return [k for entry in spec.get("params", []) for k in ([entry] if isinstance(entry, str) else
                                                              [x for v in entry.values() for x in v])]
+
+
+def dvc_stages() -> dict:
+    return yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
 
 
 def stage_keys(name: str) -> list[str]:
@@ -179,6 +189,80 @@ def preset_base(cfg: dict) -> dict:
             GlobalHydra.instance().initialize(saved)
 
 
+# ----------------------------------------------------------------------------------------------
+# runs by hand: a folder of their own
+
+
+@dataclass
+class RunFolder:
+    """The folder a run outside DVC works in, and what it made to get there."""
+
+    folder: Path
+    project: Path
+    made: list[Path]  # folders created for it, outermost first (removed again if the run fails)
+
+
+RUN: dict = {"run_dir_given": False, "entered": None}  # this process: hydra.run.dir on the command line; the RunFolder
+
+
+def by_hand() -> bool:
+    """Started by a person: not by DVC (it sets DVC_ROOT and DVC_STAGE) nor as a rank of torchrun."""
+    return not any(os.environ.get(v) for v in ("DVC_ROOT", "DVC_STAGE", "WORLD_SIZE"))
+
+
+def run_folder(label: str) -> Path | None:
+    """Where this run writes when that is not where it started: a multirun job's own folder; for a
+    run by hand, `hydra.run.dir` when the command line gives it (`.`: the project itself), else a new
+    `outputs/<date>/<time>-<label>`. None: in place (under DVC, as a torchrun rank, or moved already)."""
+    if RUN["entered"] is not None:
+        return None
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN or (by_hand() and RUN["run_dir_given"]):
+        folder = Path(hc.runtime.output_dir)
+        return None if folder.resolve() == Path.cwd().resolve() else folder
+    if not by_hand():
+        return None
+    stamp, n = time.strftime("%Y-%m-%d/%H-%M-%S"), 0
+    while (folder := Path("outputs") / f"{stamp}-{label}{f'-{n}' if n else ''}").exists():
+        n += 1
+    return folder
+
+
+def enter_run_folder(folder: Path, inputs: list[str], dcfg: DictConfig) -> list[str]:
+    """Make `folder`, link into it from here those of `inputs` that exist (returns the others),
+    record the config and the command line's overrides in its .hydra/ (as Hydra does for a multirun
+    job), and move into it."""
+    from suptickets.sweep import link_inputs  # only runs outside DVC need it
+
+    made = [p for p in reversed([folder, *folder.parents]) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    RUN["entered"] = RunFolder(folder.resolve(), Path.cwd().resolve(), [p.resolve() for p in made])
+    missing = link_inputs(Path.cwd(), folder, inputs)
+    record = folder / ".hydra"
+    if not record.exists():
+        record.mkdir()
+        OmegaConf.save(dcfg, record / "config.yaml")
+        (record / "overrides.yaml").write_text(yaml.safe_dump(list(HydraConfig.get().overrides.task)))
+    os.chdir(folder)
+    return missing
+
+
+def leave_run_folder(failed: bool) -> str:
+    """After a failed run by hand: remove the folders enter_run_folder made when the run left nothing
+    there but its linked inputs, its .hydra/ record and W&B's log; else keep them (outputs of earlier
+    stages of a chain, a resume checkpoint) and return a hint on going on from them (or "")."""
+    entered = RUN["entered"]
+    if not failed or entered is None or not entered.made:
+        return ""
+    kept = [p for p in entered.folder.rglob("*") if p.is_file() and not p.is_symlink()
+            and p.relative_to(entered.folder).parts[0] not in (".hydra", "wandb")]
+    if kept:
+        return f" (the run folder {entered.folder} keeps what was written; add hydra.run.dir={entered.folder} to go on)"
+    os.chdir(entered.project)
+    shutil.rmtree(entered.made[0], ignore_errors=True)
+    return ""
+
+
 def launch(main: Callable[[], None], extra_keys: tuple[str, ...] = ()) -> None:
     """Call a stage's `@hydra.main` function with the runtime defaults (no output folder, no log
     file, logs to stdout) unless the command line sets them. A command-line override of a key that
@@ -192,6 +276,8 @@ def launch(main: Callable[[], None], extra_keys: tuple[str, ...] = ()) -> None:
     if problems:
         _fail(Path(sys.argv[0]).stem, ConfigError("\n".join(problems)))
     given = " ".join(sys.argv[1:])
+    RUN["run_dir_given"] = "hydra.run.dir=" in given
+    sys.argv[0] = str(Path(sys.argv[0]).resolve())  # the same script after moving into a run folder
     multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])  # keep each sweep job's .hydra/ record
     sys.argv += [a for a in HYDRA_DEFAULTS if a.split("=")[0] not in given
                  and not (multirun and a.startswith("hydra.output_subdir"))]
@@ -211,11 +297,24 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
         validate(cfg, stage_keys(name), known_keys(config_options()))
     except ConfigError as err:
         _fail(name, err)
+    folder = run_folder(name)
+    if folder is not None:  # by hand: never over DVC's outputs
+        from suptickets.sweep import chain_inputs
+
+        enter_run_folder(folder, chain_inputs(dvc_stages(), [name]), dcfg)
+        log.info(f"{name}: run outside DVC: writing to {folder}/ (its inputs linked from the project; "
+                 f"hydra.run.dir=. writes into the project instead)")
     procs = cfg["launcher"]["nproc_per_node"] if name in TRAINING_STAGES else 1
     if procs > 1 and "WORLD_SIZE" not in os.environ:
-        # the same command, once per process, under PyTorch's own launcher (dvc.yaml stays the same)
-        sys.exit(subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                  f"--nproc_per_node={procs}", sys.argv[0], *sys.argv[1:]]))
+        # the same command, once per process, under PyTorch's own launcher (dvc.yaml stays the same),
+        # in the folder this process works in
+        args = [a for a in sys.argv[1:] if not a.startswith("hydra.run.dir=")] + ["hydra.run.dir=."]
+        code = subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                f"--nproc_per_node={procs}", sys.argv[0], *args])
+        hint = leave_run_folder(failed=code != 0)
+        if code and hint:
+            print(f"error: {name}: the processes failed (exit {code}){hint}", file=sys.stderr)
+        sys.exit(code)
     mode = None if os.environ.get("WANDB_MODE") else cfg["tracking"]["wandb"]["mode"]
     root = os.environ.get("DVC_ROOT") or os.getcwd()
     changed = overrides(cfg, preset_base(cfg), HydraConfig.get().overrides.task) \
@@ -227,16 +326,21 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
         body(Stage(name, cfg, run, rank=rank))
     except SupticketsError as err:
         run.finish(exit_code=2)
-        _fail(name, err)
+        hint = leave_run_folder(failed=True)
+        _fail(name, SupticketsError(f"{str(err).rstrip()}{hint}"))
     except KeyboardInterrupt:
         run.finish(exit_code=130)
-        print(f"error: {name}: interrupted; rerun the stage to resume from its last finished epoch",
-              file=sys.stderr)
+        entered = RUN["entered"]
+        how = f"rerun it with hydra.run.dir={entered.folder}" if entered and entered.made else "rerun the stage"
+        print(f"error: {name}: interrupted; {how} to resume from its last finished epoch", file=sys.stderr)
         sys.exit(130)
     except BaseException:
         run.finish(exit_code=1)
+        leave_run_folder(failed=True)
         raise
     run.finish()
+    if folder is not None:
+        log.info(f"{name}: outputs in {folder}/")
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

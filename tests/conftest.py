@@ -65,6 +65,11 @@ def run_stage(cwd: Path, name: str, *args: str, small: bool = True, env: dict | 
                           cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**STAGE_ENV, **(env or {})})
 
 
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """The `error: <stage>: ...` lines of a stage's stderr (its log lines go there too)."""
+    return [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+
+
 def tree(folder: Path) -> dict[str, bytes]:
     """Every file below `folder` (links followed) and its bytes."""
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import ROOT
+from conftest import ROOT, error_lines
 from suptickets.config import check
 
 BAD = [
@@ -197,7 +197,7 @@ def test_the_dense_stage_runs_past_bad_tickets_settings(tmp_path):
     """dense does not read tickets.*: it gets as far as looking for its data (none here)."""
     proc = stage(tmp_path, "dense", "tickets.cycle_rate=5", "tickets.lr_min=-1", "train.epochs=1")
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines() == [
+    assert error_lines(proc) == [
         "error: dense: data/prepared/train.safetensors: missing prepared split, expected a safetensors file "
         "with 'x' (uint8) and 'y' (int64)"]
 
@@ -206,7 +206,7 @@ def test_the_dense_stage_runs_past_bad_tickets_settings(tmp_path):
 def test_a_stage_run_by_hand_refuses_an_unknown_key_in_one_line(tmp_path, override):
     proc = stage(tmp_path, "dense", override)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines() == [
+    assert error_lines(proc) == [
         "error: dense: tickets.cycle_rat: unknown key; did you mean tickets.cycle_rate?"]
     assert list(tmp_path.iterdir()) == []
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_stage, tree
+from conftest import error_lines, run_stage, tree
 from suptickets import errors
 
 def stage(cwd: Path, name: str, *args: str) -> subprocess.CompletedProcess:
@@ -41,7 +41,7 @@ def test_every_project_error_is_a_suptickets_error_and_keeps_its_old_base():
 def test_missing_prepared_data_is_one_line_exit_2_and_nothing_is_written(tmp_path):
     proc = stage(tmp_path, "dense")
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines() == [
+    assert error_lines(proc) == [
         f"error: dense: data/prepared/train.safetensors: missing prepared split, expected a safetensors "
         f"file with 'x' (uint8) and 'y' (int64)"], proc.stderr
     assert "Traceback" not in proc.stderr
@@ -60,7 +60,7 @@ def test_a_model_file_of_another_architecture_is_one_line_exit_2(small_prepared,
     before = tree(project)
     proc = stage(project, "evaluate")
     assert proc.returncode == 2, proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
+    (line,) = error_lines(proc)
     assert line.startswith("error: evaluate: models/dense.safetensors: does not fit model MLP of this config: "
                            "wrong shape net.1.weight [16, 784] (expected [64, 784])"), line
     assert tree(project) == before
@@ -71,7 +71,7 @@ def test_a_missing_input_model_is_one_line_exit_2(small_prepared, tmp_path):
     before = tree(project)
     proc = stage(project, "tickets")
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines() == ["error: tickets: models/warmup.safetensors: no such file"]
+    assert error_lines(proc) == ["error: tickets: models/warmup.safetensors: no such file"]
     assert tree(project) == before
 
 
@@ -109,7 +109,7 @@ def test_a_data_root_that_does_not_exist_creates_nothing_and_keeps_the_whole_rea
     root = outside / "nonexistent"
     proc = run_stage(project, "prepare", f"data={data}", f"data.root={root}", "hydra.run.dir=.", env=NO_NETWORK)
     assert proc.returncode == 2, proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
+    (line,) = error_lines(proc)
     assert line.startswith("error: prepare: ") and f"download into {root} failed (" in line, line
     assert "<urlopen error [Errno 111] Connection refused>" in line, line  # torchvision's whole message
     assert not outside.exists()

@@ -471,6 +471,22 @@ def save_prepared(out_dir: str | os.PathLike,
     write_json(out / "summary.json", dict(summary))
 
 
+def check_prepared_for(summary: Mapping, cfg: Mapping, where: str | os.PathLike) -> None:
+    """Refuse prepared data made for other data settings: summary["config"] holds the settings
+    prepare read (dotted keys, e.g. "data.limit_train", "seed"); each must equal the run's."""
+    from .config import get
+
+    recorded = summary.get("config")
+    if not isinstance(recorded, Mapping) or not recorded:
+        raise DataError(f"{where}: records no data settings (made by an older prepare); rerun prepare "
+                        "(dvc repro prepare)")
+    here = {k: get(cfg, k, "(missing)") for k in recorded}
+    differ = [f"{k}={recorded[k]!r} there, {here[k]!r} here" for k in sorted(recorded) if here[k] != recorded[k]]
+    if differ:
+        raise DataError(f"{where} was made for other data settings ({'; '.join(differ)}); prepare it for "
+                        "these (dvc repro prepare, or dvc exp run with them), or run with the settings it was made for")
+
+
 def load_prepared(out_dir: str | os.PathLike
                   ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict]:
     """(splits, summary) as written by save_prepared."""

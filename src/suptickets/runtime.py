@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .artifacts import load_tensors, model_tensors, read_json, save_tensors, state_from_file
-from .data import load_prepared
+from .data import check_prepared_for, load_prepared
 from .errors import BadModelFile, TrainingDiverged
 from .imagefolder import MANIFEST, load_folder_batches
 from .models import build_model
@@ -42,13 +42,16 @@ def setup(threads: int, device_name: str) -> torch.device:
 
 
 def load_batches(prepared: str | os.PathLike, cfg: dict, device: torch.device) -> tuple[dict[str, Batches], dict]:
-    """train (shuffled, augmented, last partial batch dropped), val and test batches on `device`:
+    """train (shuffled, augmented, last partial batch dropped), val and test batches on `device`,
+    from prepared data made for the data settings of `cfg` (else DataError):
     tensors held on the device (GPU-resident on CUDA), or, for a folder data set's manifest, a
     DataLoader with worker processes (`imagefolder.FolderBatches`)."""
     if (Path(prepared) / MANIFEST).is_file():
         summary = read_json(Path(prepared) / "summary.json")
+        check_prepared_for(summary, cfg, prepared)
         return load_folder_batches(Path(prepared), summary, cfg, device, *distributed()), summary
     splits, summary = load_prepared(prepared)
+    check_prepared_for(summary, cfg, prepared)
     mean, std = summary["mean"], summary["std"]
     train_cfg, aug = cfg["train"], cfg["data"]["augment"]
     out = {}

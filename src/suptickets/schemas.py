@@ -145,13 +145,17 @@ def summary_schemas(expected_shape: tuple[int, int, int], num_classes: int,
 
 def validate_summary(summary: Mapping, expected_shape: tuple[int, int, int],
                      num_classes: int) -> None:
-    """Validate a data.summarize() dict: split sizes, image shape, stats, class coverage."""
+    """Validate a data.summarize() dict: split sizes, image shape, stats, class coverage, and the
+    recorded data settings (`config`) when present."""
     try:
         splits_df, classes_df = data.summary_tables(summary)
     except (KeyError, TypeError, ValueError) as err:
         raise ValidationFailed(f"summary is malformed: column/key {err} missing or invalid "
                                "(expected data.summarize's layout)") from err
     problems = []
+    config = summary.get("config", {})
+    if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
+        problems.append(f"key 'config' is {config!r}, expected the data settings prepare read ({{key: value}})")
     if summary.get("num_classes") != num_classes:
         problems.append(f"key 'num_classes' is {summary.get('num_classes')!r}, "
                         f"expected {num_classes}")
