@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
