@@ -1,8 +1,11 @@
 """What every stage script shares: the Hydra entry point, validation before any work, the W&B run,
 and writing the stage's history, metrics and model atomically.
 
-Run by hand, a stage composes `params/` (`python stages/dense.py model=resnet32 train.epochs=2`);
-under DVC it reads the composed root `params.yaml` (`-cp .. -cn params`, see dvc.yaml).
+Run by hand, a stage composes `params/` (`python stages/dense.py model=resnet32 train.epochs=2`)
+and works in its own run folder, `outputs/<date>/<time>-<stage>/`, with its inputs linked there
+from the project, so DVC's outputs are never overwritten (`hydra.run.dir=.` writes into the
+project instead). Under DVC it reads the composed root `params.yaml` (`-cp .. -cn params`, see
+dvc.yaml) and writes in place.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 # This checkout's own package first: DVC's queued and temporary experiments run in a copy of the
 # repository, and must use the code of that copy, not whatever `pip install -e` points at.
@@ -24,24 +29,60 @@ from suptickets.environment import apply_defaults  # noqa: E402
 apply_defaults()  # OpenMP's wait policy, MKL's CNR mode (unless set): read when torch loads, so first
 
 import torch.distributed  # noqa: E402
+import yaml  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from suptickets import runtime  # noqa: E402
 from suptickets.artifacts import write_json, write_text  # noqa: E402
-from suptickets.config import ConfigError, validate  # noqa: E402
-from suptickets.data import DataError  # noqa: E402
+from suptickets.config import get, known_keys, unknown_keys, validate  # noqa: E402
+from suptickets.errors import ConfigError, SupticketsError  # noqa: E402
+from suptickets.history import HISTORY_COLUMNS, check_history, history_csv  # noqa: E402
 from suptickets.progress import StageClock  # noqa: E402
-from suptickets.resume import Checkpoint  # noqa: E402
-from suptickets.schemas import HISTORY_COLUMNS, ValidationFailed, validate_history  # noqa: E402
 from suptickets.tracking import Run, config_hash, overrides  # noqa: E402
-from suptickets.train import TrainingDiverged  # noqa: E402
+
+if TYPE_CHECKING:  # imported where used: a stage depends (dvc.yaml) only on the modules it loads
+    from suptickets.resume import Checkpoint
 
 log = logging.getLogger("suptickets")
+PROJECT = Path(__file__).resolve().parents[1]
 HYDRA_DEFAULTS = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout",
                   "hydra/hydra_logging=disabled"]
 TRAINING_STAGES = ("dense", "sparse_baseline", "warmup", "tickets")
-EXPECTED_ERRORS = (ConfigError, DataError, ValidationFailed, TrainingDiverged, FileNotFoundError, ValueError)
+# Settings a stage reads that cannot change its results, so dvc.yaml does not declare them (tests/
+# test_dag.py holds every stage to its declared params plus these). Validated like any other.
+RESULT_FREE = (
+    "name",             # a label: W&B run names and the W&B group of a DVC-less run (report declares it)
+    "tracking",         # where W&B writes (mode, project, entity)
+    "data.workers",     # DataLoader worker processes: batches are the same for any number (imagefolder)
+    "data.download",    # whether prepare may fetch the official files when they are missing: same files
+)
+
+
+def config_options(params: Path = PROJECT / "params") -> list[tuple[str, dict]]:
+    """(package, content) of every file in params/: the root, and each option of each config group
+    (a `# @package _global_` preset at the root, any other option under its group's key)."""
+    out = [("", yaml.safe_load((params / "params.yaml").read_text()))]
+    for path in sorted(params.glob("*/*.yaml")):
+        text = path.read_text()
+        out.append(("" if text.startswith("# @package _global_") else path.parent.name, yaml.safe_load(text)))
+    return out
+
+
+def declared_params(name: str) -> list[str]:
+    """The params of stage `name` in dvc.yaml (keys or whole sections of params.yaml)."""
+    spec = dvc_stages().get(name, {})
+    return [k for entry in spec.get("params", []) for k in ([entry] if isinstance(entry, str) else
+                                                             [x for v in entry.values() for x in v])]
+
+
+def dvc_stages() -> dict:
+    return yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+
+
+def stage_keys(name: str) -> list[str]:
+    """The settings stage `name` reads: its params in dvc.yaml, plus RESULT_FREE."""
+    return declared_params(name) + list(RESULT_FREE)
 
 
 @dataclass
@@ -61,9 +102,12 @@ class Stage:
 
         Returns {"epoch": epochs done (0 if fresh), "step", "extra"}; the history is restored too.
         """
+        from suptickets.resume import Checkpoint
+
         root = Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
         here = Path.cwd().resolve()
-        self.checkpoint = Checkpoint.for_stage(root, self.name, self.cfg, [Path(p) for p in inputs],
+        settings = {k: get(self.cfg, k) for k in declared_params(self.name)}  # what DVC keys the stage by
+        self.checkpoint = Checkpoint.for_stage(root, self.name, settings, [Path(p) for p in inputs],
                                                workdir="" if here == root else str(here))
         self._model, self._optimizer = model, optimizer
         meta = self.checkpoint.load(model, optimizer)
@@ -83,6 +127,8 @@ class Stage:
 
     def save_model(self, path, model) -> None:
         """Only rank 0 writes artifacts."""
+        from suptickets import runtime
+
         if self.rank == 0:
             runtime.save_model(path, model)
 
@@ -97,12 +143,13 @@ class Stage:
                      f"{last['density']:.3f}{flops}")
 
     def write_history(self, path: str | None = None, extra: tuple[str, ...] = ("val_loss",)) -> None:
-        import pandas as pd
-
+        """Check the history (plain Python: no pandas in a training process) and write its CSV."""
         if self.rank != 0:
             return
-        df = validate_history(pd.DataFrame(self.history)[HISTORY_COLUMNS + list(extra)], extra=extra)
-        write_text(path or f"plots/{self.name}.csv", df.to_csv(index=False, float_format="%.6g"))
+        columns = HISTORY_COLUMNS + list(extra)
+        rows = [{c: row.get(c) for c in columns} for row in self.history]
+        check_history(rows, extra=extra)
+        write_text(path or f"plots/{self.name}.csv", history_csv(rows, columns))
 
     def write_metrics(self, metrics: dict, path: str | None = None) -> None:
         if self.rank != 0:
@@ -146,10 +193,95 @@ def preset_base(cfg: dict) -> dict:
             GlobalHydra.instance().initialize(saved)
 
 
-def launch(main: Callable[[], None]) -> None:
+# ----------------------------------------------------------------------------------------------
+# runs by hand: a folder of their own
+
+
+@dataclass
+class RunFolder:
+    """The folder a run outside DVC works in, and what it made to get there."""
+
+    folder: Path
+    project: Path
+    made: list[Path]  # folders created for it, outermost first (removed again if the run fails)
+
+
+RUN: dict = {"run_dir_given": False, "entered": None}  # this process: hydra.run.dir on the command line; the RunFolder
+
+
+def by_hand() -> bool:
+    """Started by a person: not by DVC (it sets DVC_ROOT and DVC_STAGE) nor as a rank of torchrun."""
+    return not any(os.environ.get(v) for v in ("DVC_ROOT", "DVC_STAGE", "WORLD_SIZE"))
+
+
+def run_folder(label: str) -> Path | None:
+    """Where this run writes when that is not where it started: a multirun job's own folder; for a
+    run by hand, `hydra.run.dir` when the command line gives it (`.`: the project itself), else a new
+    `outputs/<date>/<time>-<label>`. None: in place (under DVC, as a torchrun rank, or moved already)."""
+    if RUN["entered"] is not None:
+        return None
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN or (by_hand() and RUN["run_dir_given"]):
+        folder = Path(hc.runtime.output_dir)
+        return None if folder.resolve() == Path.cwd().resolve() else folder
+    if not by_hand():
+        return None
+    stamp, n = time.strftime("%Y-%m-%d/%H-%M-%S"), 0
+    while (folder := Path("outputs") / f"{stamp}-{label}{f'-{n}' if n else ''}").exists():
+        n += 1
+    return folder
+
+
+def enter_run_folder(folder: Path, inputs: list[str], dcfg: DictConfig) -> list[str]:
+    """Make `folder`, link into it from here those of `inputs` that exist (returns the others),
+    record the config and the command line's overrides in its .hydra/ (as Hydra does for a multirun
+    job), and move into it."""
+    from suptickets.sweep import link_inputs  # only runs outside DVC need it
+
+    made = [p for p in reversed([folder, *folder.parents]) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    RUN["entered"] = RunFolder(folder.resolve(), Path.cwd().resolve(), [p.resolve() for p in made])
+    missing = link_inputs(Path.cwd(), folder, inputs)
+    record = folder / ".hydra"
+    if not record.exists():
+        record.mkdir()
+        OmegaConf.save(dcfg, record / "config.yaml")
+        (record / "overrides.yaml").write_text(yaml.safe_dump(list(HydraConfig.get().overrides.task)))
+    os.chdir(folder)
+    return missing
+
+
+def leave_run_folder(failed: bool) -> str:
+    """After a failed run by hand: remove the folders enter_run_folder made when the run left nothing
+    there but its linked inputs, its .hydra/ record and W&B's log; else keep them (outputs of earlier
+    stages of a chain, a resume checkpoint) and return a hint on going on from them (or "")."""
+    entered = RUN["entered"]
+    if not failed or entered is None or not entered.made:
+        return ""
+    kept = [p for p in entered.folder.rglob("*") if p.is_file() and not p.is_symlink()
+            and p.relative_to(entered.folder).parts[0] not in (".hydra", "wandb")]
+    if kept:
+        return f" (the run folder {entered.folder} keeps what was written; add hydra.run.dir={entered.folder} to go on)"
+    os.chdir(entered.project)
+    shutil.rmtree(entered.made[0], ignore_errors=True)
+    return ""
+
+
+def launch(main: Callable[[], None], extra_keys: tuple[str, ...] = ()) -> None:
     """Call a stage's `@hydra.main` function with the runtime defaults (no output folder, no log
-    file, logs to stdout) unless the command line sets them."""
+    file, logs to stdout) unless the command line sets them. A command-line override of a key that
+    no config file defines (`tickets.cycle_rat=0.2`, with or without `+`) is refused first, in one
+    line naming the nearest known key (Hydra's own message would say only that it is not in the
+    config)."""
+    groups = {p.name for p in (PROJECT / "params").iterdir() if p.is_dir()}
+    named = [a.lstrip("+~").split("=", 1)[0] for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+    problems = unknown_keys(dict.fromkeys(k for k in named if not k.startswith("hydra") and k not in groups),
+                            known_keys(config_options()) | set(extra_keys))
+    if problems:
+        _fail(Path(sys.argv[0]).stem, ConfigError("\n".join(problems)))
     given = " ".join(sys.argv[1:])
+    RUN["run_dir_given"] = "hydra.run.dir=" in given
+    sys.argv[0] = str(Path(sys.argv[0]).resolve())  # the same script after moving into a run folder
     multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])  # keep each sweep job's .hydra/ record
     sys.argv += [a for a in HYDRA_DEFAULTS if a.split("=")[0] not in given
                  and not (multirun and a.startswith("hydra.output_subdir"))]
@@ -157,22 +289,36 @@ def launch(main: Callable[[], None]) -> None:
 
 
 def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
-    """Run `body` as stage `name`: validate the config, start W&B, report expected errors as
-    one line each (exit 2) with nothing half-written."""
+    """Run `body` as stage `name`: validate the config, start W&B, report the project's own errors
+    (suptickets.errors: a setting, a data or input file the user can fix) as one line each (exit 2)
+    with nothing half-written. Any other exception is a bug: its traceback is kept (exit 1)."""
     rank = int(os.environ.get("RANK", "0"))
     queued = os.environ.get("DVC_ROOT") and Path(os.environ["DVC_ROOT"]).resolve() != Path.cwd().resolve()
     quiet = rank != 0 or queued  # other ranks, and DVC's queued / temporary experiments, log warnings only
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
     cfg = OmegaConf.to_container(dcfg, resolve=True)
     try:
-        validate(cfg)
+        validate(cfg, stage_keys(name), known_keys(config_options()))
     except ConfigError as err:
         _fail(name, err)
-    procs = cfg["launcher"]["nproc_per_node"]
-    if name in TRAINING_STAGES and procs > 1 and "WORLD_SIZE" not in os.environ:
-        # the same command, once per process, under PyTorch's own launcher (dvc.yaml stays the same)
-        sys.exit(subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                  f"--nproc_per_node={procs}", sys.argv[0], *sys.argv[1:]]))
+    folder = run_folder(name)
+    if folder is not None:  # by hand: never over DVC's outputs
+        from suptickets.sweep import chain_inputs
+
+        enter_run_folder(folder, chain_inputs(dvc_stages(), [name]), dcfg)
+        log.info(f"{name}: run outside DVC: writing to {folder}/ (its inputs linked from the project; "
+                 f"hydra.run.dir=. writes into the project instead)")
+    procs = cfg["launcher"]["nproc_per_node"] if name in TRAINING_STAGES else 1
+    if procs > 1 and "WORLD_SIZE" not in os.environ:
+        # the same command, once per process, under PyTorch's own launcher (dvc.yaml stays the same),
+        # in the folder this process works in
+        args = [a for a in sys.argv[1:] if not a.startswith("hydra.run.dir=")] + ["hydra.run.dir=."]
+        code = subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                f"--nproc_per_node={procs}", sys.argv[0], *args])
+        hint = leave_run_folder(failed=code != 0)
+        if code and hint:
+            print(f"error: {name}: the processes failed (exit {code}){hint}", file=sys.stderr)
+        sys.exit(code)
     mode = None if os.environ.get("WANDB_MODE") else cfg["tracking"]["wandb"]["mode"]
     root = os.environ.get("DVC_ROOT") or os.getcwd()
     changed = overrides(cfg, preset_base(cfg), HydraConfig.get().overrides.task) \
@@ -183,20 +329,25 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
     clock = StageClock.start(name, cfg, Path(root)) if rank == 0 and os.environ.get("DVC_STAGE") else None
     try:
         body(Stage(name, cfg, run, rank=rank))
-    except EXPECTED_ERRORS as err:
+    except SupticketsError as err:
         run.finish(exit_code=2)
-        _fail(name, err)
+        hint = leave_run_folder(failed=True)
+        _fail(name, SupticketsError(f"{str(err).rstrip()}{hint}"))
     except KeyboardInterrupt:
         run.finish(exit_code=130)
-        print(f"error: {name}: interrupted; rerun the stage to resume from its last finished epoch",
-              file=sys.stderr)
+        entered = RUN["entered"]
+        how = f"rerun it with hydra.run.dir={entered.folder}" if entered and entered.made else "rerun the stage"
+        print(f"error: {name}: interrupted; {how} to resume from its last finished epoch", file=sys.stderr)
         sys.exit(130)
     except BaseException:
         run.finish(exit_code=1)
+        leave_run_folder(failed=True)
         raise
     run.finish()
     if clock is not None:
         clock.stop()
+    if folder is not None:
+        log.info(f"{name}: outputs in {folder}/")
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

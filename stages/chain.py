@@ -7,8 +7,8 @@ outside DVC (SLURM through Hydra's submitit launcher, or submitit_local to try i
 Each job works in its own folder (`hydra.sweep.dir/<job number>`): the chain's inputs that it does
 not produce itself are linked there from the project (see suptickets.sweep), its outputs and W&B
 runs stay there, next to Hydra's `.hydra/` record of the job's config and overrides. Without `-m`
-the chain runs in the project folder like the stage scripts do. `+chain` defaults to every stage
-after prepare.
+the chain works the same way in a run folder of its own (`outputs/<date>/<time>-chain`, or
+`hydra.run.dir`), like a stage run by hand. `+chain` defaults to every stage after prepare.
 """
 
 import os
@@ -24,10 +24,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), str(HERE.parent / "src"),
 
 import hydra  # noqa: E402
 import yaml  # noqa: E402
-from _stage import TRAINING_STAGES, launch, stage  # noqa: E402
+from _stage import TRAINING_STAGES, enter_run_folder, launch, run_folder, stage  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from suptickets.sweep import chain_inputs, link_inputs  # noqa: E402
+from suptickets.errors import ConfigError  # noqa: E402
+from suptickets.sweep import chain_inputs  # noqa: E402
 
 DEFAULT_CHAIN = ["dense", "sparse_baseline", "warmup", "tickets", "superpose", "export", "evaluate", "report"]
 
@@ -37,15 +38,6 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def job_folder() -> Path | None:
-    """This job's own folder in a multirun, else None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    hc = HydraConfig.get()
-    return Path(hc.runtime.output_dir) if hc.mode == RunMode.MULTIRUN else None
-
-
 @hydra.main(version_base="1.3", config_path="../params", config_name="params")
 def main(cfg: DictConfig) -> None:
     chain = list(OmegaConf.select(cfg, "chain", default=DEFAULT_CHAIN))
@@ -53,21 +45,22 @@ def main(cfg: DictConfig) -> None:
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     try:
         needed = chain_inputs(stages, chain)
-    except ValueError as err:
+    except ConfigError as err:
         fail(str(err))
     if cfg.launcher.nproc_per_node > 1 and any(s in TRAINING_STAGES for s in chain):
         fail(f"launcher.nproc_per_node={cfg.launcher.nproc_per_node}: a chain runs one process per job; "
              "for several GPUs per job run the stage scripts under torchrun")
-    job = job_folder()
-    if job is not None:
-        missing = link_inputs(Path.cwd(), job, needed)
+    missing = [p for p in needed if not Path(p).exists()]
+    folder = run_folder("chain")
+    if folder is not None:  # a multirun job's folder, or a run by hand's
         if missing:
             fail(f"{', '.join(missing)}: missing in {Path.cwd()}; run the stages that write them first "
                  "(dvc repro), or start the chain earlier")
-        os.chdir(job)
+        enter_run_folder(folder, needed, cfg)
+    settings = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "chain"])  # what the stages read
     for name in chain:
-        stage(name, import_module(name).run, cfg)
+        stage(name, import_module(name).run, settings)
 
 
 if __name__ == "__main__":
-    launch(main)
+    launch(main, extra_keys=("chain",))

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from suptickets import comparison, runtime
 from suptickets.artifacts import write_json
+from suptickets.errors import BadModelFile, MissingInput
 from suptickets.schemas import validate_evaluation
 from suptickets.sparsity.engine import density_report
 from suptickets.train import predict, score
@@ -49,15 +50,15 @@ def run(s: Stage) -> None:
         acc, loss = score(sum(ticket_probs) / len(ticket_probs), labels)
         rows.append({"model": "ticket_ensemble", "test_acc": acc, "test_loss": loss, "density": None})
     if not rows:
-        raise FileNotFoundError("models/: no model files to evaluate")
+        raise MissingInput("models/: no model files to evaluate")
     if "superposed" in budget and "warmup" in budget and budget["superposed"] != budget["warmup"]:
-        raise ValueError(f"models/superposed.safetensors: {budget['superposed']} active weights, but the "
+        raise BadModelFile(f"models/superposed.safetensors: {budget['superposed']} active weights, but the "
                          f"budget (warmup's masks) is {budget['warmup']}; refusing to report it")
     if "superposed" in budget:
         d = next(r["density"] for r in rows if r["model"] == "superposed")
         target, layers = cfg["dst"]["density"], len(superposed_masks)
         if abs(d - target) * total_masked > layers:
-            raise ValueError(f"models/superposed.safetensors: density {d:.6f} differs from dst.density={target} "
+            raise BadModelFile(f"models/superposed.safetensors: density {d:.6f} differs from dst.density={target} "
                              f"by more than one weight per layer; refusing to report it")
     table = validate_evaluation(pd.DataFrame(rows))
     acc = dict(zip(table["model"], table["test_acc"]))

@@ -8,10 +8,11 @@ from typing import Callable
 
 import hydra
 import pandas as pd
-from _stage import Stage, launch, log, stage
+from _stage import Stage, declared_params, launch, log, stage
 from omegaconf import DictConfig
 
 from suptickets.artifacts import write_json, write_text
+from suptickets.config import get
 from suptickets.data import FOLDER_DATASETS, load_raw, prepare_splits, save_prepared, summarize
 from suptickets.imagefolder import MANIFEST, build_manifest, check_files, manifest_summary
 from suptickets.schemas import validate_manifest, validate_summary, validate_tensors
@@ -39,12 +40,18 @@ def run_folder(s: Stage) -> None:
                                               columns=["path", "label", "split"]), len(classes))
     if d["folder"]["check_decode"]:
         check_files(d["root"], manifest["path"].tolist(), workers=max(d["workers"], 1))
-    summary = manifest_summary(splits, classes, d["folder"]["image_size"], d["root"])
+    summary = {**manifest_summary(splits, classes, d["folder"]["image_size"], d["root"]), "config": data_settings(s)}
     shape = tuple(summary["shape"])
     validate_summary(summary, shape, len(classes))
     write_atomically(lambda tmp: (write_text(tmp / MANIFEST, manifest.to_csv(index=False)),
                                   write_json(tmp / "summary.json", summary)))
     finish(s, summary, shape)
+
+
+def data_settings(s: Stage) -> dict:
+    """What the prepared data were made from (prepare's params in dvc.yaml), recorded in summary.json
+    so that a run with other data settings refuses them (runtime.load_batches)."""
+    return {k: get(s.cfg, k) for k in declared_params("prepare")}
 
 
 def finish(s: Stage, summary: dict, shape: tuple) -> None:
@@ -60,7 +67,7 @@ def run(s: Stage) -> None:
         return run_folder(s)
     raw = load_raw(d["name"], d["root"], d["download"])
     splits = prepare_splits(raw, d["val_fraction"], s.cfg["seed"], d["limit_train"], d["limit_test"])
-    summary = summarize(splits, raw.classes)
+    summary = {**summarize(splits, raw.classes), "config": data_settings(s)}
     shape = tuple(raw.train_x.shape[1:])
     validate_tensors(splits, shape, len(raw.classes))
     validate_summary(summary, shape, len(raw.classes))

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from suptickets import report
 from suptickets.artifacts import load_tensors, read_json, state_from_file, write_text
 from suptickets.comparison import percent
+from suptickets.errors import MissingInput
 
 HISTORIES = ["dense", "sparse_baseline", "warmup", "tickets"]
 FIGURES, SUMMARY, EXPORT = Path("plots"), Path("reports/summary.md"), Path("metrics/export.json")
@@ -88,7 +89,7 @@ def run(s: Stage) -> None:
     files = model_files()
     tickets = [masks(p) for n, p in files.items() if n.startswith("ticket_")]
     if "warmup" not in files or "superposed" not in files or not tickets:
-        raise FileNotFoundError("models/: the report needs warmup.safetensors, tickets/ticket_*.safetensors "
+        raise MissingInput("models/: the report needs warmup.safetensors, tickets/ticket_*.safetensors "
                                 "and superposed.safetensors")
     per_step = report.lr_per_step(cfg, histories["warmup"], histories["tickets"])
     for line in report.lr_mismatches(per_step, [histories["warmup"], histories["tickets"]]):

@@ -11,6 +11,7 @@ from torch.optim.swa_utils import update_bn
 
 from suptickets import runtime
 from suptickets.artifacts import write_text
+from suptickets.errors import BadModelFile, MissingInput
 from suptickets.sparsity.engine import attach_masks, density_report
 from suptickets.superpose import superpose_steps
 from suptickets.train import evaluate
@@ -19,7 +20,7 @@ from suptickets.train import evaluate
 def model_files() -> list[Path]:
     tickets = sorted(Path("models/tickets").glob("ticket_*.safetensors"))
     if not tickets:
-        raise FileNotFoundError("models/tickets: no ticket_*.safetensors; run the tickets stage first")
+        raise MissingInput("models/tickets: no ticket_*.safetensors; run the tickets stage first")
     return [Path("models/warmup.safetensors"), *tickets]
 
 
@@ -28,7 +29,7 @@ def strict_state(path: Path, model, masked_keys: list[str]) -> dict:
     same layers as T0's."""
     state, masks = runtime.read_model_file(path, model)
     if set(masks) != set(masked_keys):
-        raise ValueError(f"{path}: masks {sorted(set(masks) ^ set(masked_keys))[:3]} differ from "
+        raise BadModelFile(f"{path}: masks {sorted(set(masks) ^ set(masked_keys))[:3]} differ from "
                          f"models/warmup.safetensors's masked layers")
     return state
 

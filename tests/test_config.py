@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import ROOT
+from conftest import ROOT, error_lines
 from suptickets.config import check
 
 BAD = [
@@ -109,15 +109,27 @@ def test_bad_config_is_named_in_one_line(overrides, message):
     assert all("\n" not in p for p in problems)
 
 
+def reader_of(overrides: list[str]) -> str:
+    """A stage that reads the first overridden setting (each stage judges only what it reads)."""
+    key = overrides[-1].split("=")[0]
+    for prefix, name in (("tickets", "tickets"), ("superpose", "superpose"), ("dst.final_prune", "warmup"),
+                         ("dst", "sparse_baseline"),
+                         ("data.name", "prepare"), ("data.val_fraction", "prepare")):
+        if key.startswith(prefix):
+            return name
+    return "dense"
+
+
 @pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
 def test_a_stage_given_bad_config_exits_2_with_the_message_and_writes_nothing(tmp_path, overrides, message):
+    name = reader_of(overrides)
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "dense.safetensors").write_bytes(b"an earlier output")
-    proc = stage(tmp_path, "dense", *overrides)
+    (tmp_path / "models" / "earlier.safetensors").write_bytes(b"an earlier output")
+    proc = stage(tmp_path, name, *overrides)
     assert proc.returncode == 2, proc.stderr
-    assert f"error: dense: " in proc.stderr and message in proc.stderr, proc.stderr
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["models", "models/dense.safetensors"]
-    assert (tmp_path / "models" / "dense.safetensors").read_bytes() == b"an earlier output"
+    assert f"error: {name}: " in proc.stderr and message in proc.stderr, proc.stderr
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["models", "models/earlier.safetensors"]
+    assert (tmp_path / "models" / "earlier.safetensors").read_bytes() == b"an earlier output"
 
 
 def test_a_section_turned_into_a_string_is_refused():
@@ -134,17 +146,19 @@ def stage(tmp_path, name, *args):
 
 
 def test_stage_refuses_bad_config_before_any_work(tmp_path):
-    proc = stage(tmp_path, "dense", "dst.density=2", "train.epochs=0")
+    proc = stage(tmp_path, "sparse_baseline", "dst.density=2", "train.epochs=0")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert lines == ["error: dense: train.epochs=0: expected an integer >= 1",
-                     "error: dense: dst.density=2: expected a number in (0, 1]"]
+    assert lines == ["error: sparse_baseline: train.epochs=0: expected an integer >= 1",
+                     "error: sparse_baseline: dst.density=2: expected a number in (0, 1]"]
     assert list(tmp_path.iterdir()) == []
 
 
 def test_group_override_on_the_composed_params_yaml_is_refused(tmp_path):
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     shutil.copytree(ROOT / "stages", tmp_path / "stages")
+    shutil.copytree(ROOT / "params", tmp_path / "params")
     proc = subprocess.run([sys.executable, "stages/dense.py", "-cp", "..", "-cn", "params", "model=resnet32"],
                           cwd=tmp_path, capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT / "src")})
@@ -176,3 +190,81 @@ def test_missing_and_truncated_data_files_are_named_and_nothing_is_written(tmp_p
     assert proc.returncode == 2
     assert "train-images-idx3-ubyte.gz" in proc.stderr
     assert not (tmp_path / "data").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# each stage judges the settings it reads; unknown keys are refused everywhere
+
+sys.path.insert(0, str(ROOT / "stages"))
+from _stage import config_options, stage_keys  # noqa: E402
+
+from suptickets.config import known_keys, unknown_keys  # noqa: E402
+
+KNOWN = known_keys(config_options())
+
+
+def test_known_keys_are_the_union_of_every_option_of_every_group():
+    for key in ("seed", "launcher.check_sync", "model.hidden", "model.batch_norm", "model.width", "model.stem",
+                "data.folder", "data.folder.image_size", "data.workers", "data.augment.flip", "dst.init_density",
+                "tracking.wandb.entity", "superpose.bn_update", "train.weight_decay_bn"):
+        assert key in KNOWN, key
+    assert not {k for k in KNOWN if k.startswith(("defaults", "experiment"))}
+    for preset in [None] + sorted(p.stem for p in (ROOT / "params/experiment").glob("*.yaml")):
+        for method in ("rigl", "set", "granet"):
+            cfg = composed([f"dst={method}"] + ([f"experiment={preset}"] if preset else []))
+            assert unknown_keys(cfg, KNOWN) == [], (preset, method)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("+tickets.cycle_rat=0.2", "tickets.cycle_rat: unknown key; did you mean tickets.cycle_rate?"),
+    ("+train.epoch=3", "train.epoch: unknown key; did you mean train.epochs?"),
+    ("+dst.densty=0.1", "dst.densty: unknown key; did you mean dst.density?"),
+    ("+trian.epochs=3", "trian.epochs: unknown key; did you mean train.epochs?"),
+    ("+model.width=2", "model.width: not an option of model 'mlp' (its options: hidden, batch_norm)"),
+])
+def test_an_unknown_key_added_with_plus_is_refused_naming_the_nearest(override, message):
+    cfg = composed([override])
+    assert check(cfg, known=KNOWN) == [message]
+
+
+def test_a_stage_judges_only_the_settings_it_reads():
+    cfg = composed(["tickets.cycle_rate=5", "superpose.method=swa", "train.epochs=1"])
+    assert check(cfg, stage_keys("dense"), KNOWN) == []
+    assert check(cfg, stage_keys("superpose"), KNOWN) == ["superpose.method='swa': not one of caa, cima"]
+    assert check(cfg, stage_keys("tickets"), KNOWN) == ["tickets.cycle_rate=5: expected a number in (0, 1)"]
+    # a rule relating keys applies when the stage reads all of them
+    cfg = composed(["tickets.lr_min=0.1", "tickets.lr_max=0.01"])
+    assert check(cfg, ["tickets.lr_min"]) == []
+    assert check(cfg, ["tickets"]) == ["tickets.lr_min=0.1: must not exceed tickets.lr_max=0.01"]
+    assert "tickets" not in " ".join(stage_keys("dense")) and "superpose" not in " ".join(stage_keys("evaluate"))
+
+
+def test_the_dense_stage_runs_past_bad_tickets_settings(tmp_path):
+    """dense does not read tickets.*: it gets as far as looking for its data (none here)."""
+    proc = stage(tmp_path, "dense", "tickets.cycle_rate=5", "tickets.lr_min=-1", "train.epochs=1")
+    assert proc.returncode == 2, proc.stderr
+    assert error_lines(proc) == [
+        "error: dense: data/prepared/train.safetensors: missing prepared split, expected a safetensors file "
+        "with 'x' (uint8) and 'y' (int64)"]
+
+
+@pytest.mark.parametrize("override", ["+tickets.cycle_rat=0.2", "tickets.cycle_rat=0.2"])
+def test_a_stage_run_by_hand_refuses_an_unknown_key_in_one_line(tmp_path, override):
+    proc = stage(tmp_path, "dense", override)
+    assert proc.returncode == 2, proc.stderr
+    assert error_lines(proc) == [
+        "error: dense: tickets.cycle_rat: unknown key; did you mean tickets.cycle_rate?"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dvc_exp_run_with_an_added_unknown_key_fails_in_the_first_stage_naming_the_nearest(tmp_path):
+    """The DVC way in: `-S +key=value` composes into params.yaml; the first stage refuses it."""
+    from conftest import make_repo, run
+
+    repo = make_repo(tmp_path / "repo")
+    proc = run(repo, "dvc", "exp", "run", "--temp", "-S", "experiment=smoke", "-S", "+tickets.cycle_rat=0.2",
+               check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "error: prepare: tickets.cycle_rat: unknown key; did you mean tickets.cycle_rate?" in out, out[-3000:]
+    assert not (repo / "data/prepared").exists()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_repo, run
+from conftest import ROOT, make_repo, run
 from suptickets.config import check
 from suptickets.data import DataError
 from suptickets.imagefolder import (MANIFEST, FolderBatches, ManifestImages, build_manifest, check_files,
@@ -194,8 +194,10 @@ def test_two_processes_train_on_an_image_folder_with_ranks_in_sync(tmp_path, tre
     common = ["experiment=smoke", "data=imagenet", f"data.root={tree}", "data.val_fraction=0.25", "data.workers=1",
               "data.folder.image_size=24", "data.folder.resize_size=28", "train.batch_size=8",
               "train.eval_batch_size=16", "tracking.wandb.mode=disabled", "threads=1"]
-    run(repo, "python", "stages/prepare.py", *common)
+    run(repo, "python", "stages/prepare.py", *common, "hydra.run.dir=.")  # into the project: data/prepared
     proc = run(repo, "python", "stages/sparse_baseline.py", *common, "launcher.nproc_per_node=2",
-               "launcher.check_sync=true", timeout=900)
+               "launcher.check_sync=true", timeout=900)  # by hand: both ranks in one run folder of its own
     assert "masks and weights identical on all 2 ranks" in proc.stdout + proc.stderr, proc.stdout[-2000:]
-    assert json.loads((repo / "metrics/sparse_baseline.json").read_text())["val_acc"] >= 0.5
+    (metrics,) = (repo / "outputs").glob("*/*-sparse_baseline/metrics/sparse_baseline.json")
+    assert json.loads(metrics.read_text())["val_acc"] >= 0.5
+    assert (repo / "metrics/sparse_baseline.json").read_text() == (ROOT / "metrics/sparse_baseline.json").read_text()

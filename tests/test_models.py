@@ -106,7 +106,7 @@ def test_bad_option_value():
     with pytest.raises(ValueError, match="width"):
         build_model("resnet32", (3, 32, 32), 10, width=0)
     for width in (0.3, -1, True, "2"):
-        with pytest.raises(ValueError, match=r"resnet20 width must be a positive multiple of 1/16 .*got"):
+        with pytest.raises(ValueError, match=r"model.width=.*: resnet20 must be a positive multiple of 1/16"):
             build_model("resnet20", (1, 28, 28), 10, width=width)
 
 

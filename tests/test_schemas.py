@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from suptickets import data, schemas
+from suptickets import history as history_rules
 from suptickets.schemas import ValidationFailed
 
 SHAPE = (3, 8, 8)
@@ -199,7 +200,7 @@ def test_history_missing_column():
         schemas.validate_history(history().drop(columns="val_acc"))
 
 
-@pytest.mark.parametrize("column, values, check", [
+BAD_HISTORY = [
     ("epoch", [0, 1, 2], "greater_than_or_equal_to(1)"),
     ("epoch", [1, 3, 3], "strictly increasing"),
     ("epoch", [1.0, 2.0, 3.0], "dtype"),
@@ -212,7 +213,10 @@ def test_history_missing_column():
     ("val_acc", [0.5, -0.1, 0.5], "in_range"),
     ("density", [1.0, 0.0, 0.5], "in_range"),
     ("density", [1.0, 1.01, 0.5], "in_range"),
-])
+]
+
+
+@pytest.mark.parametrize("column, values, check", BAD_HISTORY)
 def test_history_rejected(column, values, check):
     with pytest.raises(ValidationFailed) as info:
         schemas.validate_history(history().assign(**{column: values}))
@@ -225,6 +229,42 @@ def test_history_reports_every_failure():
     with pytest.raises(ValidationFailed) as info:
         schemas.validate_history(df)
     assert "column 'step'" in str(info.value) and "column 'val_acc'" in str(info.value)
+
+
+# the same history rules in plain Python (what a training process checks before writing its CSV)
+
+
+@pytest.mark.parametrize("column, values, check", BAD_HISTORY)
+def test_the_plain_history_check_refuses_what_the_schema_refuses(column, values, check):
+    rows = history().assign(**{column: values}).to_dict("records")
+    with pytest.raises(ValidationFailed, match=f"column '{column}' failed at row"):
+        history_rules.check_history(rows)
+
+
+def test_the_plain_history_check_accepts_what_the_schema_accepts():
+    history_rules.check_history(history().to_dict("records"))
+    rows = history().assign(lr=[1, 1, 0], val_loss=[0.5, None, 0.25]).to_dict("records")
+    history_rules.check_history(rows, extra=["val_loss"])
+    schemas.validate_history(pd.DataFrame(rows), extra=["val_loss"])
+    with pytest.raises(ValidationFailed, match="column 'wall_s' not allowed"):
+        history_rules.check_history(history().assign(wall_s=1.0).to_dict("records"))
+    with pytest.raises(ValidationFailed, match="column 'val_acc' missing"):
+        history_rules.check_history(history().drop(columns="val_acc").to_dict("records"))
+
+
+def test_history_csv_is_byte_identical_to_pandas_writing_the_validated_table():
+    g = np.random.default_rng(0)
+    columns = schemas.HISTORY_COLUMNS + ["val_loss"]
+    for trial in range(50):
+        n = int(g.integers(1, 8))
+        rows = [{"epoch": e + 1, "step": int(g.integers(0, 10**6)) * (e + 1),
+                 "lr": [0.1, 1, 1e-5, 0.0, float(g.random())][trial % 5], "train_loss": float(g.random() * 10.0 ** g.integers(-8, 4)),
+                 "train_acc": float(g.random()), "val_acc": round(float(g.random()), int(g.integers(0, 8))),
+                 "density": 1.0 if trial % 7 == 0 else float(g.uniform(1e-4, 1)),
+                 "val_loss": None if trial % 3 == 0 and e == 0 else float(g.random() * 1e3)} for e in range(n)]
+        expected = schemas.validate_history(pd.DataFrame(rows)[columns], extra=("val_loss",)) \
+            .to_csv(index=False, float_format="%.6g")
+        assert history_rules.history_csv(rows, columns) == expected, rows
 
 
 # ----------------------------------------------------------------------------------------------

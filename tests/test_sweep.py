@@ -39,7 +39,7 @@ def test_link_inputs_links_what_exists_and_reports_the_rest(tmp_path):
 @pytest.mark.e2e
 def test_a_submitit_local_sweep_runs_each_job_in_its_own_folder(tmp_path):
     repo = make_repo(tmp_path / "repo")
-    run(repo, "python", "stages/prepare.py", "experiment=smoke", "tracking.wandb.mode=disabled")
+    run(repo, "python", "stages/prepare.py", "experiment=smoke", "tracking.wandb.mode=disabled", "hydra.run.dir=.")
     proc = run(repo, "python", "stages/chain.py", "-m", "hydra/launcher=submitit_local", "experiment=smoke",
                "+chain=[warmup,tickets,superpose]", "tickets.lr_max=0.01,0.05", "hydra.sweep.dir=sweep",
                timeout=900)

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from .errors import BadInputFile, MissingInput
 
 MASK_PREFIX = "mask."
 MASK_BUFFER = "weight_mask"
@@ -52,7 +55,13 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 
 def read_json(path: str | os.PathLike):
-    return json.loads(Path(path).read_text())
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInput(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise BadInputFile(f"{path}: invalid JSON ({err})") from None
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
@@ -66,8 +75,11 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
 def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    return load_file(str(path), device=str(device))
+        raise MissingInput(f"{path}: no such file")
+    try:
+        return load_file(str(path), device=str(device))
+    except SafetensorError as err:
+        raise BadInputFile(f"{path}: not a readable safetensors file ({err})") from None
 
 
 def model_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,17 +1,21 @@
 """Validation of the resolved configuration, before any data is loaded.
 
-`check(cfg)` returns one line per problem, each naming the key, the bad value and what is allowed;
-`validate(cfg)` raises `ConfigError` with all of them. The config is a plain nested dict (the
-resolved Hydra config); nothing here reads files or the environment.
+`check(cfg, keys, known)` returns one line per problem, each naming the key, the bad value and what
+is allowed; `validate(...)` raises `ConfigError` with all of them. `keys` limits the checks to the
+settings a caller reads (a stage judges only its own settings); `known` (from `known_keys` over the
+config files) refuses any other key, naming the nearest known one. The config is a plain nested
+dict (the resolved Hydra config); nothing here reads files or the environment.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .data import DATASETS, FOLDER_DATASETS
-from .models import MODEL_NAMES, STEMS
+from .errors import ConfigError
+from .models import MODEL_NAMES, MODEL_OPTIONS, STEMS
 from .schedules import epoch_split, prune_window
 
 SECTIONS = ("data", "model", "train", "dst", "tickets", "superpose", "tracking", "launcher", "export")
@@ -30,10 +34,6 @@ CHOICES = {
     "train.amp": ("none", "bf16"),
     "export.kernel": ("auto", "csr", "dense"),
 }
-
-
-class ConfigError(ValueError):
-    """The configuration cannot run; the message has one line per problem."""
 
 
 def get(cfg: dict, key: str, default: Any = None) -> Any:
@@ -105,13 +105,70 @@ FOLDER_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.folder.resize_size", lambda v: _integer(v) and v >= 8, "an integer >= 8"),
     ("data.folder.check_decode", lambda v: isinstance(v, bool), "true or false"),
 ]
+MODEL_RULES: dict[str, list[tuple[str, Callable[[Any], bool], str]]] = {  # per model.name
+    "mlp": [("model.hidden", lambda v: isinstance(v, list) and all(_integer(h) and h >= 1 for h in v),
+             "a list of integers >= 1"),
+            ("model.batch_norm", lambda v: isinstance(v, bool), "true or false")],
+    "resnet32": [("model.width", lambda v: _integer(v) and v >= 1, "an integer >= 1")],
+    "resnet50": [("model.stem", lambda v: v in STEMS, f"one of {', '.join(STEMS)}")],
+}
 MISSING = object()
 
 
-def check(cfg: dict) -> list[str]:
-    """Every problem with the config, one line each (empty when it can run)."""
+def reads(key: str, keys: Iterable[str] | None) -> bool:
+    """Whether `key` is among `keys` (dotted keys or whole sections; None: every key)."""
+    return keys is None or any(key == k or key.startswith(k + ".") for k in keys)
+
+
+def flat_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a nested mapping, sections included ("data", "data.augment",
+    "data.augment.flip"); lists and other values are leaves."""
+    out = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            out.append(key)
+            out.extend(flat_keys(v, key + "."))
+    return out
+
+
+def known_keys(options: Iterable[tuple[str, dict]]) -> set[str]:
+    """The union of the keys of every config file: (package, content) pairs, where package is the
+    group's key ("data", "model", ...) or "" for the root and global presets; `defaults` lists are
+    Hydra's, not keys."""
+    known: set[str] = set()
+    for package, content in options:
+        body = {k: v for k, v in (content or {}).items() if k != "defaults"}
+        if package:
+            known.update(package.split(".")[:1])
+            body = {package: body}
+        known.update(flat_keys(body))
+    return known
+
+
+def unknown_keys(cfg: dict, known: set[str], prefix: str = "") -> list[str]:
+    """One line per setting of `cfg` that no config file defines (each leaf of a new subtree, as
+    typed: `trian.epochs`), naming the nearest known key."""
+    problems = []
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            problems += unknown_keys(v, known, key + ".")
+        elif key not in known:
+            near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+            hint = f"did you mean {near[0]}?" if near else "see params/ for the settings that exist"
+            problems.append(f"{key}: unknown key; {hint}")
+    return problems
+
+
+def check(cfg: dict, keys: Iterable[str] | None = None, known: set[str] | None = None) -> list[str]:
+    """Every problem with the settings among `keys` (dotted keys or whole sections, e.g. the
+    params a stage reads; None: all of them), one line each; empty when they can run. A rule that
+    relates several keys applies when all of them are among `keys`. With `known` (see known_keys),
+    any key of the config outside it is a problem too, whatever `keys` says."""
     if not isinstance(cfg, dict):
         return [f"config: expected a mapping, got {type(cfg).__name__}"]
+    keys = None if keys is None else list(keys)
     problems = []
     for section in SECTIONS:
         value = cfg.get(section, MISSING)
@@ -124,16 +181,23 @@ def check(cfg: dict) -> list[str]:
                 f"without -cn params; set its keys instead ({section}.<key>=...)")
     if problems:
         return problems
+    if known is not None:
+        problems += unknown_keys(cfg, known)
     for key, allowed in CHOICES.items():
         value = get(cfg, key, MISSING)
-        if value not in allowed:
+        if reads(key, keys) and value not in allowed:
             shown = "missing" if value is MISSING else repr(value)
             problems.append(f"{key}={shown}: not one of {', '.join(allowed)}")
+    model = get(cfg, "model.name")
     rules = RULES + (GRANET_RULES if get(cfg, "dst.method") == "granet" else []) \
-        + (FOLDER_RULES if get(cfg, "data.name") in FOLDER_DATASETS else [])
-    if get(cfg, "model.name") == "resnet50" and get(cfg, "model.stem", "cifar") not in STEMS:
-        problems.append(f"model.stem={get(cfg, 'model.stem')!r}: not one of {', '.join(STEMS)}")
+        + (FOLDER_RULES if get(cfg, "data.name") in FOLDER_DATASETS else []) + MODEL_RULES.get(model, [])
+    if model in MODEL_OPTIONS:
+        allowed = MODEL_OPTIONS[model]
+        problems += [f"model.{k}: not an option of model {model!r} (its options: {', '.join(allowed) or 'none'})"
+                     for k in cfg["model"] if k != "name" and k not in allowed and reads(f"model.{k}", keys)]
     for key, ok, allowed in rules:
+        if not reads(key, keys):
+            continue
         value = get(cfg, key, MISSING)
         if value is MISSING:
             problems.append(f"{key}: missing; expected {allowed}")
@@ -141,48 +205,106 @@ def check(cfg: dict) -> list[str]:
             problems.append(f"{key}={value!r}: expected {allowed}")
     if problems:
         return problems
-    procs, batch = get(cfg, "launcher.nproc_per_node"), get(cfg, "train.batch_size")
-    if batch % procs:
-        problems.append(f"train.batch_size={batch!r}: the global batch must divide evenly over "
-                        f"launcher.nproc_per_node={procs!r} processes")
-    if get(cfg, "train.lr_warmup_epochs") >= get(cfg, "train.epochs"):
-        problems.append(f"train.lr_warmup_epochs={get(cfg, 'train.lr_warmup_epochs')!r}: must be less than "
-                        f"train.epochs={get(cfg, 'train.epochs')!r}")
-    if get(cfg, "data.name") in FOLDER_DATASETS and \
-            get(cfg, "data.folder.resize_size") < get(cfg, "data.folder.image_size"):
-        problems.append(f"data.folder.resize_size={get(cfg, 'data.folder.resize_size')!r}: must be >= "
-                        f"data.folder.image_size={get(cfg, 'data.folder.image_size')!r} "
-                        "(evaluation centre-crops the resized image)")
-    if get(cfg, "tickets.lr_min") > get(cfg, "tickets.lr_max"):
-        problems.append(f"tickets.lr_min={get(cfg, 'tickets.lr_min')!r}: must not exceed "
-                        f"tickets.lr_max={get(cfg, 'tickets.lr_max')!r}")
-    try:
-        warmup, _, _ = epoch_split(get(cfg, "train.epochs"), get(cfg, "tickets.cycle_rate"),
-                                   get(cfg, "tickets.cycle_epochs"))
-    except ValueError as err:
-        problems.append(str(err))
-        warmup = None
-    if get(cfg, "dst.method") == "granet":
-        d, d0 = get(cfg, "dst.density"), get(cfg, "dst.init_density")
-        if d0 < d:
-            problems.append(f"dst.init_density={d0!r}: must be >= dst.density={d!r} (GraNet prunes down to it)")
-        first, last = get(cfg, "dst.init_prune_fraction"), get(cfg, "dst.final_prune_fraction")
-        epochs = get(cfg, "train.epochs")
-        if first >= last:
-            problems.append(f"dst.init_prune_fraction={first!r}: must be < dst.final_prune_fraction={last!r}")
-        else:
-            start, end = prune_window(first, last, epochs)
-            if end <= start:
-                problems.append(f"dst.final_prune_fraction={last!r}: GraNet's pruning window is empty with "
-                                f"train.epochs={epochs!r} (epochs {start} to {end}); widen it or train longer")
-            elif warmup is not None and end > warmup:
-                problems.append(f"dst.final_prune_fraction={last!r}: GraNet's pruning ends at epoch {end} of "
-                                f"train.epochs={epochs!r}, after the warmup's {warmup} epochs (train.epochs minus "
-                                f"the cyclic epochs); lower it to at most {warmup / epochs:.4g}")
+    for rule_keys, rule in CROSS_RULES:
+        if all(reads(k, keys) for k in rule_keys):
+            problems += rule(cfg)
     return problems
 
 
-def validate(cfg: dict) -> None:
-    problems = check(cfg)
+def _batch_over_processes(cfg: dict) -> list[str]:
+    procs, batch = get(cfg, "launcher.nproc_per_node"), get(cfg, "train.batch_size")
+    return [f"train.batch_size={batch!r}: the global batch must divide evenly over "
+            f"launcher.nproc_per_node={procs!r} processes"] if batch % procs else []
+
+
+def _lr_warmup_within_budget(cfg: dict) -> list[str]:
+    if get(cfg, "train.lr_warmup_epochs") >= get(cfg, "train.epochs"):
+        return [f"train.lr_warmup_epochs={get(cfg, 'train.lr_warmup_epochs')!r}: must be less than "
+                f"train.epochs={get(cfg, 'train.epochs')!r}"]
+    return []
+
+
+def _resize_covers_crop(cfg: dict) -> list[str]:
+    if get(cfg, "data.name") in FOLDER_DATASETS and \
+            get(cfg, "data.folder.resize_size") < get(cfg, "data.folder.image_size"):
+        return [f"data.folder.resize_size={get(cfg, 'data.folder.resize_size')!r}: must be >= "
+                f"data.folder.image_size={get(cfg, 'data.folder.image_size')!r} "
+                "(evaluation centre-crops the resized image)"]
+    return []
+
+
+def _cycle_lr_range(cfg: dict) -> list[str]:
+    if get(cfg, "tickets.lr_min") > get(cfg, "tickets.lr_max"):
+        return [f"tickets.lr_min={get(cfg, 'tickets.lr_min')!r}: must not exceed "
+                f"tickets.lr_max={get(cfg, 'tickets.lr_max')!r}"]
+    return []
+
+
+def _warmup_epochs(cfg: dict) -> int | None:
+    try:
+        warmup, _, _ = epoch_split(get(cfg, "train.epochs"), get(cfg, "tickets.cycle_rate"),
+                                   get(cfg, "tickets.cycle_epochs"))
+    except ConfigError:
+        return None
+    return warmup
+
+
+def _epoch_split_ok(cfg: dict) -> list[str]:
+    try:
+        epoch_split(get(cfg, "train.epochs"), get(cfg, "tickets.cycle_rate"), get(cfg, "tickets.cycle_epochs"))
+    except ConfigError as err:
+        return [str(err)]
+    return []
+
+
+def _granet_schedule(cfg: dict) -> list[str]:
+    if get(cfg, "dst.method") != "granet":
+        return []
+    problems = []
+    d, d0 = get(cfg, "dst.density"), get(cfg, "dst.init_density")
+    if d0 < d:
+        problems.append(f"dst.init_density={d0!r}: must be >= dst.density={d!r} (GraNet prunes down to it)")
+    first, last, epochs = get(cfg, "dst.init_prune_fraction"), get(cfg, "dst.final_prune_fraction"), \
+        get(cfg, "train.epochs")
+    if first >= last:
+        problems.append(f"dst.init_prune_fraction={first!r}: must be < dst.final_prune_fraction={last!r}")
+    else:
+        start, end = prune_window(first, last, epochs)
+        if end <= start:
+            problems.append(f"dst.final_prune_fraction={last!r}: GraNet's pruning window is empty with "
+                            f"train.epochs={epochs!r} (epochs {start} to {end}); widen it or train longer")
+    return problems
+
+
+def _granet_within_warmup(cfg: dict) -> list[str]:
+    """The window (fractions of the budget) must end within the warmup, the same epochs in both phases."""
+    warmup, epochs = _warmup_epochs(cfg), get(cfg, "train.epochs")
+    first, last = get(cfg, "dst.init_prune_fraction"), get(cfg, "dst.final_prune_fraction")
+    if get(cfg, "dst.method") != "granet" or warmup is None or first >= last:
+        return []
+    end = prune_window(first, last, epochs)[1]
+    if end > warmup:
+        return [f"dst.final_prune_fraction={last!r}: GraNet's pruning ends at epoch {end} of train.epochs={epochs!r}, "
+                f"after the warmup's {warmup} epochs (train.epochs minus the cyclic epochs); lower it to at most "
+                f"{warmup / epochs:.4g}"]
+    return []
+
+
+SPLIT_KEYS = ("train.epochs", "tickets.cycle_rate", "tickets.cycle_epochs")
+CROSS_RULES: list[tuple[tuple[str, ...], Callable[[dict], list[str]]]] = [  # (the keys it relates, rule)
+    (("train.batch_size", "launcher.nproc_per_node"), _batch_over_processes),
+    (("train.lr_warmup_epochs", "train.epochs"), _lr_warmup_within_budget),
+    (("data.folder.resize_size", "data.folder.image_size"), _resize_covers_crop),
+    (("tickets.lr_min", "tickets.lr_max"), _cycle_lr_range),
+    (SPLIT_KEYS, _epoch_split_ok),
+    (("dst.method", "dst.density", "dst.init_density", "dst.init_prune_fraction", "dst.final_prune_fraction",
+      "train.epochs"), _granet_schedule),
+    (("dst.method", "dst.init_prune_fraction", "dst.final_prune_fraction", *SPLIT_KEYS), _granet_within_warmup),
+]
+
+
+def validate(cfg: dict, keys: Iterable[str] | None = None, known: set[str] | None = None) -> None:
+    """Raise ConfigError with every problem check() finds."""
+    problems = check(cfg, keys, known)
     if problems:
         raise ConfigError("\n".join(problems))

@@ -10,16 +10,19 @@ import gzip
 import math
 import os
 import pickle
+import shutil
 import struct
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from suptickets.artifacts import load_tensors, read_json, save_tensors, write_json
+from suptickets.errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,10 +50,6 @@ IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
 
 CIFAR_ROW_BYTES = 3 * 32 * 32
-
-
-class DataError(ValueError):
-    """A data file is missing or not what it should be; the message names the file."""
 
 
 @dataclass
@@ -137,6 +136,32 @@ def _find_fashion_files(dirs: Sequence[Path]) -> dict[str, Path] | None:
     return None
 
 
+def download_into(target: str | os.PathLike, fetch: Callable[[str], object], failed: str, advice: str) -> None:
+    """Run a torchvision download `fetch(folder)` in a scratch folder under the working directory
+    (.cache/suptickets/, git-ignored), then move what it fetched into `target`: a failed download
+    creates nothing at `target`, and the DataError keeps the whole underlying message (one line)."""
+    scratch = Path(".cache/suptickets")
+    scratch.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="download-", dir=scratch))
+    try:
+        try:
+            fetch(str(folder))
+        except Exception as err:  # no network, refused, a bad archive, ...: say why, all of it
+            why = " ".join(str(err).split()) or "no message"
+            raise DataError(f"{failed} ({type(err).__name__}: {why}); {advice}") from None
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            dest = Path(target) / path.relative_to(folder)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, dest)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        for empty in (scratch, scratch.parent):  # leave the working directory as it was
+            try:
+                empty.rmdir()
+            except OSError:
+                break
+
+
 def _load_fashion_mnist(root: str | None, download: bool) -> Raw:
     dirs = _fashion_dirs(root)
     files = _find_fashion_files(dirs)
@@ -144,14 +169,10 @@ def _load_fashion_mnist(root: str | None, download: bool) -> Raw:
         from torchvision.datasets import FashionMNIST
 
         target = root if root is not None else DEFAULT_ROOT
-        try:
-            FashionMNIST(target, train=True, download=True)
-            FashionMNIST(target, train=False, download=True)
-        except Exception as err:  # no network, refused, ...: say where we looked and why it failed
-            places = ", ".join(str(d) for d in dirs)
-            raise DataError(f"Fashion-MNIST not found in {places}, and torchvision's download into {target} "
-                            f"failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                            f"set data.root to a folder with the IDX files") from None
+        places = ", ".join(str(d) for d in dirs)
+        download_into(target, lambda folder: [FashionMNIST(folder, train=t, download=True) for t in (True, False)],
+                      f"Fashion-MNIST not found in {places}, and torchvision's download into {target} failed",
+                      "set data.root to a folder with the IDX files")
         dirs = [Path(target) / "FashionMNIST" / "raw"]
         files = _find_fashion_files(dirs)
     if files is None:
@@ -238,11 +259,9 @@ def _load_cifar(name: str, root: str | None, download: bool) -> Raw:
     if missing and download:
         from torchvision.datasets import CIFAR10, CIFAR100
 
-        try:
-            (CIFAR10 if name == "cifar10" else CIFAR100)(str(base), train=True, download=True)
-        except Exception as err:
-            raise DataError(f"{missing[0]}: missing, and torchvision's {name} download into {base} failed "
-                            f"({type(err).__name__}); put the python-format batches under {folder}") from None
+        download_into(base, lambda into: (CIFAR10 if name == "cifar10" else CIFAR100)(into, train=True, download=True),
+                      f"{missing[0]}: missing, and torchvision's {name} download into {base} failed",
+                      f"put the python-format batches under {folder}")
         missing = [p for p in needed if not p.is_file()]
     if missing:
         raise DataError(f"{missing[0]}: missing {name} batch file (expected torchvision's "
@@ -450,6 +469,22 @@ def save_prepared(out_dir: str | os.PathLike,
         save_tensors(out / f"{name}.safetensors",
                      {"x": x.to(torch.uint8), "y": y.to(torch.int64)}, metadata={"split": name})
     write_json(out / "summary.json", dict(summary))
+
+
+def check_prepared_for(summary: Mapping, cfg: Mapping, where: str | os.PathLike) -> None:
+    """Refuse prepared data made for other data settings: summary["config"] holds the settings
+    prepare read (dotted keys, e.g. "data.limit_train", "seed"); each must equal the run's."""
+    from .config import get
+
+    recorded = summary.get("config")
+    if not isinstance(recorded, Mapping) or not recorded:
+        raise DataError(f"{where}: records no data settings (made by an older prepare); rerun prepare "
+                        "(dvc repro prepare)")
+    here = {k: get(cfg, k, "(missing)") for k in recorded}
+    differ = [f"{k}={recorded[k]!r} there, {here[k]!r} here" for k in sorted(recorded) if here[k] != recorded[k]]
+    if differ:
+        raise DataError(f"{where} was made for other data settings ({'; '.join(differ)}); prepare it for "
+                        "these (dvc repro prepare, or dvc exp run with them), or run with the settings it was made for")
 
 
 def load_prepared(out_dir: str | os.PathLike

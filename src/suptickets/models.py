@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
+
 MODEL_NAMES = ("mlp", "resnet32", "vgg19", "resnet50", "resnet20")
 VGG19_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
                 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
@@ -138,12 +140,12 @@ class MLP(nn.Module):
 
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{name}={value!r}: expected a positive integer")
     return int(value)
 
 
 def _mlp(shape, num_classes, hidden=(300, 100), batch_norm=True):
-    hidden = [_positive_int("mlp hidden width", h) for h in hidden]
+    hidden = [_positive_int("model.hidden", h) for h in hidden]
     return MLP(shape[0] * shape[1] * shape[2], hidden, num_classes, bool(batch_norm))
 
 
@@ -156,8 +158,8 @@ def _cifar_resnet(depth: int):
     def build(shape, num_classes, width=1):
         base = 16 * width if isinstance(width, (int, float)) and not isinstance(width, bool) else 0
         if base < 1 or base != int(base):
-            raise ValueError(f"resnet{depth} width must be a positive multiple of 1/16 "
-                             f"(16*width channels in the first stage), got {width!r}")
+            raise ConfigError(f"model.width={width!r}: resnet{depth} must be a positive multiple of 1/16 "
+                             f"(16*width channels in the first stage)")
         b = int(base)
         return ResNet(BasicBlock, [n, n, n], [b, 2 * b, 4 * b], [1, 2, 2], shape[0], b, num_classes)
     return build
@@ -171,6 +173,7 @@ BUILDERS = {  # name -> (builder(shape, num_classes, **options), allowed option 
     "resnet50": (lambda shape, k, stem="cifar": _resnet50(shape, k, stem), ("stem",)),
 }
 STEMS = ("cifar", "imagenet")
+MODEL_OPTIONS = {name: allowed for name, (_, allowed) in BUILDERS.items()}  # model.* keys besides name
 
 
 def _resnet50(shape, num_classes, stem="cifar"):
@@ -180,12 +183,12 @@ def _resnet50(shape, num_classes, stem="cifar"):
         from torchvision.models import resnet50
 
         if shape[0] != 3:
-            raise ValueError(f"model.stem='imagenet' needs 3-channel images, got {shape[0]}")
+            raise ConfigError(f"model.stem='imagenet' needs 3-channel images, got {shape[0]}")
         model = resnet50(weights=None, num_classes=num_classes)
         model.avgpool = GlobalMean()  # no parameters: the state_dict keys stay torchvision's
         return model
     if stem != "cifar":
-        raise ValueError(f"model.stem={stem!r} is not one of: {', '.join(STEMS)}")
+        raise ConfigError(f"model.stem={stem!r} is not one of: {', '.join(STEMS)}")
     return ResNet(Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512], [1, 2, 2, 2], shape[0], 64, num_classes)
 
 
@@ -202,11 +205,11 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
                 **options) -> nn.Module:
     """Build a freshly initialised model; RNG use is torch's global generator only."""
     if name not in BUILDERS:
-        raise ValueError(f"model.name={name!r} is not one of: {', '.join(MODEL_NAMES)}")
+        raise ConfigError(f"model.name={name!r} is not one of: {', '.join(MODEL_NAMES)}")
     builder, allowed = BUILDERS[name]
     for key in options:
         if key not in allowed:
-            raise ValueError(f"unknown option {key!r} for model {name!r}; "
+            raise ConfigError(f"unknown option {key!r} for model {name!r}; "
                              f"allowed: {', '.join(allowed) or '(none)'}")
     c, h, w = (int(s) for s in input_shape)
     model = builder((c, h, w), int(num_classes), **options)

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .artifacts import atomic_path  # noqa: E402
+from .errors import BadInputFile, BadModelFile, MissingInput  # noqa: E402
 from .schedules import epoch_split, linear_warmup, multistep_lr, triangular_lr  # noqa: E402
 from .schemas import HISTORY_COLUMNS, validate_history  # noqa: E402
 from .sparsity.masks import jaccard  # noqa: E402
@@ -56,8 +57,11 @@ def read_history(path: str | os.PathLike) -> pd.DataFrame:
     """A per-epoch history CSV (`plots/<stage>.csv`), validated like the stages write it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    df = pd.read_csv(path)
+        raise MissingInput(f"{path}: no such file")
+    try:
+        df = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as err:  # pandas' parser errors are ValueErrors
+        raise BadInputFile(f"{path}: not a readable CSV ({type(err).__name__}: {err})") from None
     extra = tuple(c for c in df.columns if c not in HISTORY_COLUMNS)
     return validate_history(df, extra=extra).reset_index(drop=True)
 
@@ -107,7 +111,7 @@ def epoch_steps(history: pd.DataFrame, start_step: int = 0) -> list[int]:
     steps = [int(s) for s in history["step"]]
     counts = [b - a for a, b in zip([start_step] + steps[:-1], steps)]
     if any(n <= 0 for n in counts):
-        raise ValueError(f"history steps {steps} (from {start_step}) do not increase")
+        raise BadInputFile(f"history steps {steps} (from {start_step}) do not increase")
     return counts
 
 
@@ -129,13 +133,13 @@ def lr_per_step(cfg: Mapping, warmup: pd.DataFrame, tickets: pd.DataFrame) -> pd
     length = t["cycle_epochs"]
     w_epochs = [int(e) for e in warmup["epoch"]]
     if w_epochs != list(range(1, warmup_epochs + 1)):
-        raise ValueError(f"plots/warmup.csv: epochs {_span(w_epochs)} but the config gives "
+        raise BadInputFile(f"plots/warmup.csv: epochs {_span(w_epochs)} but the config gives "
                          f"{warmup_epochs} warmup epochs (train.epochs={tr['epochs']}, "
                          f"tickets.cycle_rate={t['cycle_rate']}, tickets.cycle_epochs={length})")
     t_epochs = [int(e) for e in tickets["epoch"]]
     expected = list(range(warmup_epochs + 1, warmup_epochs + n_tickets * length + 1))
     if t_epochs != expected:
-        raise ValueError(f"plots/tickets.csv: epochs {_span(t_epochs)} but the config gives cycles over epochs "
+        raise BadInputFile(f"plots/tickets.csv: epochs {_span(t_epochs)} but the config gives cycles over epochs "
                          f"{expected[0]}..{expected[-1]}")
     rows = []
     step = 0
@@ -189,7 +193,7 @@ def jaccard_matrix(masks: Mapping[str, Mapping[str, "Tensor"]]) -> tuple[list[st
     params = list(masks[labels[0]])
     for name in labels[1:]:
         if set(masks[name]) != set(params):
-            raise ValueError(f"{name}: masked parameters {sorted(masks[name])} differ from {labels[0]}'s {sorted(params)}")
+            raise BadModelFile(f"{name}: masked parameters {sorted(masks[name])} differ from {labels[0]}'s {sorted(params)}")
     sets = {name: [masks[name][p].bool() for p in params] for name in labels}
     n = len(labels)
     matrix = np.ones((n, n))

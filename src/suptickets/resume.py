@@ -1,7 +1,7 @@
 """Resume checkpoints: the state at the end of the last finished epoch, so a killed stage picks up
 where it stopped and ends bit-identical to an uninterrupted run.
 
-One checkpoint folder per (stage, resolved config, input files[, run folder]) under
+One checkpoint folder per (stage, its settings, input files[, run folder]) under
 `<root>/.cache/suptickets/resume/`; the state is one safetensors file (model tensors, momentum
 buffers, and the loop's counters as JSON metadata) replaced atomically after every epoch. A
 checkpoint of another config or other inputs has another key and is never read.
@@ -19,6 +19,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .artifacts import model_tensors, save_tensors, state_from_file
+from .errors import BadModelFile
 from .sparsity.engine import attach_masks
 
 STATE = "state.safetensors"
@@ -73,7 +74,8 @@ class Checkpoint:
             attach_masks(model, masks)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or any(not k.endswith(".weight_mask") for k in missing):
-            raise ValueError(f"{path}: does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise BadModelFile(f"{path}: resume checkpoint does not fit the model (missing {missing[:3]}, "
+                               f"unexpected {unexpected[:3]}); delete {path.parent} to start the stage afresh")
         params = dict(model.named_parameters())
         for k, v in tensors.items():
             if k.startswith("momentum."):

@@ -11,7 +11,8 @@ import torch.distributed as dist
 from torch import nn
 
 from .artifacts import MASK_BUFFER, MASK_PREFIX, load_tensors, model_tensors, read_json, save_tensors, state_from_file
-from .data import load_prepared
+from .data import check_prepared_for, load_prepared
+from .errors import BadModelFile, TrainingDiverged
 from .imagefolder import MANIFEST, load_folder_batches
 from .models import build_model
 from .sparsity.engine import attach_masks, maskable
@@ -41,13 +42,16 @@ def setup(threads: int, device_name: str) -> torch.device:
 
 
 def load_batches(prepared: str | os.PathLike, cfg: dict, device: torch.device) -> tuple[dict[str, Batches], dict]:
-    """train (shuffled, augmented, last partial batch dropped), val and test batches on `device`:
+    """train (shuffled, augmented, last partial batch dropped), val and test batches on `device`,
+    from prepared data made for the data settings of `cfg` (else DataError):
     tensors held on the device (GPU-resident on CUDA), or, for a folder data set's manifest, a
     DataLoader with worker processes (`imagefolder.FolderBatches`)."""
     if (Path(prepared) / MANIFEST).is_file():
         summary = read_json(Path(prepared) / "summary.json")
+        check_prepared_for(summary, cfg, prepared)
         return load_folder_batches(Path(prepared), summary, cfg, device, *distributed()), summary
     splits, summary = load_prepared(prepared)
+    check_prepared_for(summary, cfg, prepared)
     mean, std = summary["mean"], summary["std"]
     train_cfg, aug = cfg["train"], cfg["data"]["augment"]
     out = {}
@@ -91,7 +95,7 @@ def save_model(path: str | os.PathLike, model: nn.Module) -> None:
     tensors = model_tensors(model.state_dict())
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise RuntimeError(f"{path}: refusing to write a model with non-finite values in {', '.join(bad[:3])}")
+        raise TrainingDiverged(f"{path}: refusing to write a model with non-finite values in {', '.join(bad[:3])}")
     save_tensors(path, tensors)
 
 
@@ -113,7 +117,7 @@ def read_model_file(path: str | os.PathLike, model: nn.Module) -> tuple[dict, di
          if k in weights and v.shape != expected[k]]
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise ValueError(f"{path}: does not fit model {type(model).__name__}: {'; '.join(problems[:3])}{more}")
+        raise BadModelFile(f"{path}: does not fit model {type(model).__name__}: {'; '.join(problems[:3])}{more}")
     return state, masks
 
 
@@ -123,7 +127,7 @@ def load_model(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path}: does not fit model {type(model).__name__}: {str(err).splitlines()[0]}") from None
+        raise BadModelFile(f"{path}: does not fit model {type(model).__name__}: {str(err).splitlines()[0]}") from None
     if masks:
         attach_masks(model, masks)
     return model
@@ -146,4 +150,8 @@ def load_optimizer(path: str | os.PathLike, model: nn.Module, optimizer: torch.o
         if buf is not None:
             optimizer.state[p]["momentum_buffer"] = buf.clone()
     with safe_open(str(Path(path)), framework="pt") as f:
-        return int(f.metadata()["step"])
+        step = (f.metadata() or {}).get("step", "")
+    if not step.isdigit():
+        raise BadModelFile(f"{path}: no optimizer step in its metadata (got {step!r}); expected the file "
+                           "warmup writes")
+    return int(step)

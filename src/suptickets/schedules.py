@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from .errors import ConfigError
+
 # Products like 0.29 * 100 come out as 28.999999999999996 in floating point; this slack makes
 # floor() land on the integer a person would compute by hand.
 _FLOOR_EPS = 1e-9
@@ -14,11 +16,11 @@ _FLOOR_EPS = 1e-9
 def epoch_split(epochs: int, cycle_rate: float, cycle_epochs: int) -> tuple[int, int, int]:
     """(warmup_epochs, cyclic_epochs, n_tickets) for E epochs, cycle rate c, cycle length L."""
     if epochs <= 0:
-        raise ValueError(f"train.epochs must be positive, got {epochs}")
+        raise ConfigError(f"train.epochs must be positive, got {epochs}")
     if cycle_epochs <= 0:
-        raise ValueError(f"tickets.cycle_epochs must be positive, got {cycle_epochs}")
+        raise ConfigError(f"tickets.cycle_epochs must be positive, got {cycle_epochs}")
     if cycle_rate < 0:
-        raise ValueError(f"tickets.cycle_rate must be non-negative, got {cycle_rate}")
+        raise ConfigError(f"tickets.cycle_rate must be non-negative, got {cycle_rate}")
     n_tickets = math.floor(epochs * cycle_rate / cycle_epochs + _FLOOR_EPS)
     cyclic = n_tickets * cycle_epochs
     warmup = epochs - cyclic
@@ -27,13 +29,13 @@ def epoch_split(epochs: int, cycle_rate: float, cycle_epochs: int) -> tuple[int,
         f"train.epochs={epochs}"
     )
     if n_tickets == 0:
-        raise ValueError(
+        raise ConfigError(
             f"no tickets: floor(train.epochs * tickets.cycle_rate / tickets.cycle_epochs) is 0 "
             f"with {settings}; raise tickets.cycle_rate or train.epochs, or lower "
             f"tickets.cycle_epochs"
         )
     if warmup <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"no warmup: the {cyclic} cyclic epochs leave {warmup} of train.epochs for warmup "
             f"with {settings}; lower tickets.cycle_rate or tickets.cycle_epochs"
         )

@@ -13,10 +13,11 @@ import pandas as pd
 import pandera.pandas as pa
 import torch
 
-from suptickets import data
+from suptickets import data, history
+from suptickets.errors import ValidationFailed
 
 SPLITS = data.SPLITS
-HISTORY_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_acc", "density"]
+HISTORY_COLUMNS = history.HISTORY_COLUMNS
 EVALUATION_COLUMNS = ["model", "test_acc", "test_loss", "density"]
 
 MAX_LISTED_FAILURES = 20
@@ -24,14 +25,6 @@ _COLUMN_PRESENCE_CHECKS = {
     "column_in_dataframe": "required column missing",
     "column_in_schema": "column not allowed",
 }
-
-
-class ValidationFailed(ValueError):
-    """A table or tensor set failed validation; `failure_cases` holds pandera's table if any."""
-
-    def __init__(self, message: str, failure_cases: pd.DataFrame | None = None):
-        super().__init__(message)
-        self.failure_cases = failure_cases
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,13 +145,17 @@ def summary_schemas(expected_shape: tuple[int, int, int], num_classes: int,
 
 def validate_summary(summary: Mapping, expected_shape: tuple[int, int, int],
                      num_classes: int) -> None:
-    """Validate a data.summarize() dict: split sizes, image shape, stats, class coverage."""
+    """Validate a data.summarize() dict: split sizes, image shape, stats, class coverage, and the
+    recorded data settings (`config`) when present."""
     try:
         splits_df, classes_df = data.summary_tables(summary)
     except (KeyError, TypeError, ValueError) as err:
         raise ValidationFailed(f"summary is malformed: column/key {err} missing or invalid "
                                "(expected data.summarize's layout)") from err
     problems = []
+    config = summary.get("config", {})
+    if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
+        problems.append(f"key 'config' is {config!r}, expected the data settings prepare read ({{key: value}})")
     if summary.get("num_classes") != num_classes:
         problems.append(f"key 'num_classes' is {summary.get('num_classes')!r}, "
                         f"expected {num_classes}")
@@ -229,17 +226,17 @@ def _strictly_increasing(s: pd.Series) -> pd.Series:
 
 
 def history_schema(extra: Sequence[str] = ()) -> pa.DataFrameSchema:
-    columns = {
-        "epoch": pa.Column(int, [pa.Check.ge(1),
-                                 pa.Check(_strictly_increasing, name="strictly_increasing",
-                                          error="epochs must be strictly increasing")]),
-        "step": pa.Column(int, pa.Check.ge(0)),
-        "lr": pa.Column(float, [pa.Check.ge(0), _finite()], coerce=True),
-        "train_loss": pa.Column(float, [pa.Check.ge(0), _finite()], coerce=True),
-        "train_acc": pa.Column(float, pa.Check.in_range(0, 1), coerce=True),
-        "val_acc": pa.Column(float, pa.Check.in_range(0, 1), coerce=True),
-        "density": pa.Column(float, pa.Check.in_range(0, 1, include_min=False), coerce=True),
-    }
+    """history.COLUMNS as a pandera schema (floats coerced; unbounded ones must also be finite)."""
+    columns = {}
+    for name, (kind, low, high, low_ok) in history.COLUMNS.items():
+        checks = [pa.Check.in_range(low, high, include_min=low_ok) if high is not None
+                  else pa.Check.ge(low) if low_ok else pa.Check.gt(low)]
+        if kind is float and high is None:
+            checks.append(_finite())
+        if name == "epoch":
+            checks.append(pa.Check(_strictly_increasing, name="strictly_increasing",
+                                   error="epochs must be strictly increasing"))
+        columns[name] = pa.Column(kind, checks, coerce=kind is float)
     for name in extra:
         if name not in columns:
             columns[name] = pa.Column(nullable=True, required=False)

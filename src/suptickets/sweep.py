@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .errors import ConfigError
+
 CODE = ("src/", "stages/")
 
 
@@ -29,7 +31,7 @@ def chain_inputs(stages: Mapping[str, dict], chain: Sequence[str]) -> list[str]:
     chain writes, from dvc.yaml's `stages` mapping; code dependencies are left out."""
     unknown = [s for s in chain if s not in stages]
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {', '.join(stages)}")
+        raise ConfigError(f"unknown stage(s) {unknown}; dvc.yaml has {', '.join(stages)}")
     produced: set[str] = set()
     needed: list[str] = []
     for name in chain:

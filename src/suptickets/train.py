@@ -21,18 +21,15 @@ from torch import nn
 from tqdm import tqdm
 
 from .data import Normalize, augment
+from .errors import ConfigError, TrainingDiverged
 from .sparsity.engine import Masked, Topology, density_report
 
 log = logging.getLogger("suptickets")
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; nothing of the run is written."""
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda': CUDA is not available on this machine; use device=auto or cpu")
+        raise ConfigError("device='cuda': CUDA is not available on this machine; use device=auto or cpu")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)

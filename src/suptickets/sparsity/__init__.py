@@ -1,0 +1,1 @@
+"""Masks, prune-and-regrow rules and the DST methods on a model."""

@@ -1,0 +1,37 @@
+"""The training path stays lean: with tracking disabled, the training stages (and their chain) never
+import W&B, DVC, pandas or pandera (the GPU machine has none of them but pandas)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+from conftest import ROOT, SMALL, STAGE_ENV
+
+HEAVY = {"pandas", "pandera", "wandb", "dvc"}
+RUN_AND_LIST = """
+import json, runpy, sys
+script, *args = sys.argv[1:]
+sys.argv = [script, *args]
+sys.path.insert(0, {stages!r})
+runpy.run_path(script, run_name="__main__")
+print("LOADED=" + json.dumps(sorted({{name.split(".")[0] for name in sys.modules}})))
+"""
+
+
+def test_the_training_stages_import_no_tracking_dvc_or_table_packages(small_prepared, tmp_path):
+    shutil.copytree(small_prepared, tmp_path / "data" / "prepared")
+    proc = subprocess.run([sys.executable, "-c", RUN_AND_LIST.format(stages=str(ROOT / "stages")),
+                           str(ROOT / "stages" / "chain.py"), *SMALL, "train.epochs=3", "tracking.wandb.mode=disabled",
+                           "+chain=[dense,sparse_baseline,warmup,tickets]", "hydra.run.dir=."],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in STAGE_ENV.items() if k != "WANDB_MODE"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = set(json.loads(proc.stdout.split("LOADED=")[-1]))
+    assert {"torch", "hydra", "suptickets"} <= loaded  # the list is the real one
+    assert loaded & HEAVY == set()
+    for out in ("models/dense.safetensors", "models/sparse_baseline.safetensors", "models/tickets/ticket_01.safetensors",
+                "plots/tickets.csv"):
+        assert (tmp_path / out).is_file(), out  # every training stage ran to its end
