@@ -8,6 +8,10 @@
 Exits 1 with one line per failure.
 
     python scripts/check_repro.py [--experiment smoke] [--keep]
+    python scripts/check_repro.py --runs RUN_A RUN_B      # compare two finished runs instead (2. and 3.)
+
+`--runs` suits a CI that already ran the pipeline twice (e.g. on two workers): it compares the output
+hashes of the two repositories' dvc.lock and their `dvc status`, and checks this project's params.yaml.
 """
 
 from __future__ import annotations
@@ -37,17 +41,50 @@ def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
 
 
+def params_composed(tmp: Path) -> list[str]:
+    if (ROOT / "params.yaml").read_text() != compose_params(ROOT, [], tmp / "composed.yaml"):
+        return ["params.yaml differs from the composition of params/: run `dvc exp run` "
+                "(or compose) and commit params.yaml"]
+    return []
+
+
+def compare(runs: list[dict[str, str]]) -> list[str]:
+    """One line per output whose hash differs between the two runs (or exists in one only)."""
+    return [f"{key}: {runs[0].get(key)} then {runs[1].get(key)}: not reproducible"
+            for key in sorted(set(runs[0]) | set(runs[1])) if runs[0].get(key) != runs[1].get(key)]
+
+
+def status_clean(repo: Path) -> list[str]:
+    status = dvc(repo, "status", "-q")
+    return [] if status.returncode == 0 else \
+        [f"dvc status -q exited {status.returncode} in {repo} after the run: {status.stdout.strip()}"]
+
+
+def report(failures: list[str], runs: list[dict[str, str]]) -> int:
+    for f in failures:
+        print(f"check-repro: FAIL {f}", file=sys.stderr)
+    if not failures:
+        print(f"check-repro: OK (params.yaml composed; {len(runs[0])} outputs bit-identical over two runs; "
+              "dvc status clean)")
+    return 1 if failures else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", default="smoke", help="params/experiment preset to run twice")
     ap.add_argument("--keep", action="store_true", help="keep the throwaway copy")
+    ap.add_argument("--runs", nargs=2, type=Path, metavar=("RUN_A", "RUN_B"),
+                    help="compare these two finished runs (repositories with a dvc.lock) instead of running")
     args = ap.parse_args()
+    if args.runs:
+        with tempfile.TemporaryDirectory() as tmp:
+            failures = params_composed(Path(tmp))
+        runs = [out_hashes(repo) for repo in args.runs]
+        return report(failures + compare(runs) + [f for repo in args.runs for f in status_clean(repo)], runs)
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if (ROOT / "params.yaml").read_text() != compose_params(ROOT, [], tmp / "composed.yaml"):
-            failures.append("params.yaml differs from the composition of params/: run `dvc exp run` "
-                            "(or compose) and commit params.yaml")
+        failures += params_composed(tmp)
         repo = tmp / "repo"
         copy_project(repo)
         compose_params(repo, [f"experiment={args.experiment}"], repo / "params.yaml")
@@ -60,22 +97,12 @@ def main() -> int:
             runs.append(out_hashes(repo))
             print(f"run {len(runs)}: {len(runs[-1])} outputs hashed")
         if len(runs) == 2:
-            for key in sorted(set(runs[0]) | set(runs[1])):
-                if runs[0].get(key) != runs[1].get(key):
-                    failures.append(f"{key}: {runs[0].get(key)} then {runs[1].get(key)}: not reproducible")
-            status = dvc(repo, "status", "-q")
-            if status.returncode != 0:
-                failures.append(f"dvc status -q exited {status.returncode} after the run: {status.stdout.strip()}")
+            failures += compare(runs) + status_clean(repo)
         if args.keep:
             kept = Path(tempfile.mkdtemp(prefix="check-repro-"))
             shutil.copytree(repo, kept / "repo", symlinks=True)
             print(f"kept the copy in {kept / 'repo'}")
-    for f in failures:
-        print(f"check-repro: FAIL {f}", file=sys.stderr)
-    if not failures:
-        print(f"check-repro: OK (params.yaml composed; {len(runs[0])} outputs bit-identical over two runs; "
-              "dvc status clean)")
-    return 1 if failures else 0
+    return report(failures, runs)
 
 
 if __name__ == "__main__":

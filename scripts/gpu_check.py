@@ -46,8 +46,8 @@ GAIN_CHAIN = ["sparse_baseline", "warmup", "tickets", "superpose", "evaluate"]  
 EVALUATE_KEYS = ("target_density", "test_acc", "test_loss", "density", "gain")
 MIN_ACC = 0.2          # "sane": at least twice chance (10 classes)
 NOT_ON_GPU_IMAGE = ("wandb", "dvc")  # neither is installed on the GPU machine, nor carried
-# A dry run: the same gain chain at toy size (400 images, quarter width, 3 epochs).
-DRY_GAIN = ["data.limit_train=400", "data.limit_test=200", "model.width=0.25", "train.epochs=3",
+# A dry run: the same parity and gain chains at toy size (400 images, quarter width, 3 epochs).
+DRY = ["data.limit_train=400", "data.limit_test=200", "model.width=0.25", "train.epochs=3",
             "train.batch_size=32", "tickets.cycle_rate=0.67", "dst.update_frequency=5"]
 EPOCH_LINE = re.compile(r"^\w+ epoch \d+/\d+: loss", re.M)
 NONDETERMINISTIC = re.compile(r"([\w.]+) does not have a deterministic implementation")
@@ -358,7 +358,7 @@ def parity(args, env: dict, report: Report, deadline: float, gain_prepare: Job) 
 
     device = "cpu" if args.dry_run else "cuda"
     overrides = [f"experiment={SMOKE}", f"device={device}", "threads=1", "tracking.wandb.mode=disabled",
-                 *args.data_root_override]
+                 *(DRY if args.dry_run else []), *args.data_root_override]
     cfg = compose(overrides)
     runs = [Job(f"parity_{k}", chain_cmd(overrides, PARITY_CHAIN, importtime=k == "a"), args.work / f"parity_{k}",
                 training_epochs(cfg, PARITY_CHAIN)) for k in ("a", "b")]
@@ -445,7 +445,7 @@ def gain(args, env: dict, report: Report, deadline: float, prepared: Job) -> Non
         return
     device = "cpu" if args.dry_run else "cuda"
     base = [f"experiment={GAIN}", f"device={device}", "threads=1", "tracking.wandb.mode=disabled",
-            *(DRY_GAIN if args.dry_run else []), *args.overrides]
+            *(DRY if args.dry_run else []), *args.overrides]
     cfg = compose(base)
     part.update({"overrides": base, "epochs": cfg["train"]["epochs"], "parallel": args.parallel,
                  "data": "one prepared split (seed 0's validation carve-out) for every seed; test = the official test split"})
@@ -633,7 +633,7 @@ def main(argv=None) -> int:
         cenv = child_env()
         # the gain's data (the whole data set, or the toy subset) is prepared beside the parity runs
         gain_base = [f"experiment={GAIN}", "threads=1", "tracking.wandb.mode=disabled",
-                     *(DRY_GAIN if args.dry_run else []), *args.overrides, *args.data_root_override]
+                     *(DRY if args.dry_run else []), *args.overrides, *args.data_root_override]
         prepared = Job("gain_prepare", chain_cmd(gain_base, ["prepare"]), args.work / "gain_data")
         parity(args, cenv, report, deadline, prepared)
         if time.time() < deadline:

@@ -1,11 +1,23 @@
-"""Shared fixtures: a throwaway git + DVC copy of the project, and a runner for its commands."""
+"""Shared fixtures: a throwaway git + DVC copy of the project, a runner for its commands, and the
+suite's few end-to-end runs, each made once and shared by every test that only reads it:
+
+- `smoke_repo`: `dvc exp run -S experiment=smoke`, the whole smoke DAG (read it, never change it:
+  `smoke_copy` gives a test its own copy, where DVC's run cache reruns only what a change affects);
+- `queued_repo`: a copy of it where the README's queue example adds one experiment (seed 1) beside
+  the existing one;
+- `resume_pair`: a longer smoke run uninterrupted, and the same run killed in warmup and in tickets
+  then rerun (tests/test_resume.py; tests/test_repro.py compares the two).
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,11 +54,107 @@ def make_repo(dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_repo(tmp_path_factory) -> Path:
-    """The project copied into a new repo, after `dvc exp run -S experiment=smoke`."""
+    """The project copied into a new repo, after `dvc exp run -S experiment=smoke` (its log in
+    exp_run.log, which git ignores through .git/info/exclude). Shared: tests only read it."""
     repo = make_repo(tmp_path_factory.mktemp("smoke") / "repo")
     proc = run(repo, "dvc", "exp", "run", "-S", "experiment=smoke")
     (repo / "exp_run.log").write_text(proc.stdout + proc.stderr)
-    shutil.copy(repo / "metrics/evaluate.json", repo / "first_evaluate.json")  # before other tests change it
+    with open(repo / ".git/info/exclude", "a") as f:
+        f.write("exp_run.log\n")
+    return repo
+
+
+def copy_repo(source: Path, dest: Path, keep: tuple[str, ...] = ()) -> Path:
+    """A copy of a finished run (git, DVC cache and lock, outputs, the stage times under .cache),
+    without its W&B runs and DVC's temporary files unless named in `keep`."""
+    dropped = {(source, "wandb"), (source / ".dvc", "tmp")}
+
+    def ignore(folder, names):
+        return {n for n in names if (Path(folder), n) in dropped and n not in keep}
+
+    return Path(shutil.copytree(source, dest, symlinks=True, ignore=ignore))
+
+
+@pytest.fixture()
+def smoke_copy(smoke_repo, tmp_path) -> Path:
+    """This test's own copy of the smoke run, to change and rerun."""
+    return copy_repo(smoke_repo, tmp_path / "repo")
+
+
+# warmup 8 epochs, then 8 one-epoch cycles: a window of several epochs to kill tickets in
+RESUME_PARAMS = ["experiment=smoke", "train.epochs=16", "tickets.cycle_rate=0.5", "tickets.cycle_epochs=1",
+                 "tracking.wandb.mode=disabled"]
+
+
+def repro_until(repo: Path, pattern: str, timeout: float = 600) -> None:
+    """Run `dvc repro` and SIGKILL the whole process group once a checkpoint matching `pattern` exists."""
+    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env_for(repo), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    start = time.time()
+    try:
+        while time.time() - start < timeout:
+            if list((repo / ".cache/suptickets/resume").glob(pattern)):
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return
+            if proc.poll() is not None:
+                raise AssertionError(f"dvc repro ended (rc {proc.returncode}) before {pattern} appeared")
+            time.sleep(0.02)
+        raise AssertionError(f"no checkpoint {pattern} within {timeout} s")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def resume_pair(tmp_path_factory) -> dict:
+    """The same longer smoke run twice, in fresh copies of the project: uninterrupted, and SIGKILLed
+    in warmup and again in tickets, then rerun with `dvc repro` (its output in `log`). The two run
+    side by side. Returns {"uninterrupted": repo, "resumed": repo, "log": str}."""
+    from project_copy import compose_params
+
+    base = tmp_path_factory.mktemp("resume")
+    repos = {name: make_repo(base / name) for name in ("uninterrupted", "resumed")}
+    for repo in repos.values():
+        compose_params(ROOT, RESUME_PARAMS, repo / "params.yaml")
+    plain = subprocess.Popen(["dvc", "repro"], cwd=repos["uninterrupted"], env=env_for(repos["uninterrupted"]),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    repo = repos["resumed"]
+    repro_until(repo, "warmup-*/state.safetensors")
+    repro_until(repo, "tickets-*/state.safetensors")  # after the first cycle: ticket_01 is written
+    assert not (repo / "models/tickets").exists()
+    proc = run(repo, "dvc", "repro")
+    out, _ = plain.communicate(timeout=900)
+    assert plain.returncode == 0, out[-3000:]
+    return {**repos, "log": proc.stdout + proc.stderr}
+
+
+README_QUEUE = ["dvc exp run --queue -S experiment=smoke -S seed=1", "dvc queue start -j 2 && dvc queue status"]
+
+
+def wait_for_queue(repo: Path, timeout: float = 900) -> None:
+    start = time.time()
+    while time.time() - start < timeout:
+        status = run(repo, "dvc", "queue", "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            assert "Failed" not in status, status + run(repo, "dvc", "queue", "logs", "-h", check=False).stdout
+            return
+        time.sleep(3)
+    raise AssertionError("queue did not finish in time")
+
+
+@pytest.fixture(scope="session")
+def queued_repo(smoke_repo, tmp_path_factory) -> Path:
+    """A copy of the smoke run where the README's queue example (tests/test_readme.py checks the
+    README holds it) queues one more experiment, seed 1, and the queue runs it beside the existing
+    one. The queue workers outlive `dvc queue start`, so its output goes to a file, not a pipe."""
+    repo = copy_repo(smoke_repo, tmp_path_factory.mktemp("queued") / "repo")
+    run(repo, "bash", "-c", README_QUEUE[0])
+    with open(repo / ".dvc" / "tmp" / "queue_start.log", "w") as log:
+        subprocess.run(["bash", "-c", README_QUEUE[1]], cwd=repo, env=env_for(repo), stdout=log,
+                       stderr=subprocess.STDOUT, check=True, timeout=120)
+    wait_for_queue(repo)
     return repo
 
 

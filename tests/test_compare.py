@@ -1,7 +1,6 @@
 """Comparing runs: metrics/summary.json, `make compare` over real DVC experiments, the plots DVC
-shows, gains in points in W&B, the progress line, and the W&B Report built offline. Reuses the
-session's smoke_repo (one `dvc exp run -S experiment=smoke`) and adds one cheap experiment to it
-(superpose, evaluate and report only, W&B off so the other tests' run counts hold)."""
+shows, gains in points in W&B, and the progress line, on the suite's shared runs (tests/conftest.py:
+the smoke run, and its copy with one queued experiment beside it)."""
 
 from __future__ import annotations
 
@@ -19,19 +18,11 @@ from suptickets.comparison import percent, summary
 
 pytestmark = pytest.mark.e2e
 INTENDED_PLOTS = {"val_acc", "lr", "density", "superpose", *(f"plots/{p}.png" for p in (
-    "val_acc", "lr", "density", "test_acc", "layer_density", "mask_overlap"))}
-
-
-@pytest.fixture(scope="module")
-def second_experiment(smoke_repo) -> tuple[Path, str]:
-    """A second experiment in smoke_repo: only superpose, evaluate and report rerun; its log."""
-    proc = run(smoke_repo, "dvc", "exp", "run", "--name", "cmp-final", "-S", "experiment=smoke",
-               "-S", "superpose.reprune=final", "-S", "tracking.wandb.mode=disabled")
-    return smoke_repo, proc.stdout + proc.stderr
+    "val_acc", "lr", "density", "test_acc", "layer_density", "mask_overlap", "export_size"))}
 
 
 def test_summary_is_evaluate_in_percent_and_points(smoke_repo):
-    evaluate = json.loads((smoke_repo / "first_evaluate.json").read_text())
+    evaluate = json.loads((smoke_repo / "metrics/evaluate.json").read_text())
     acc = evaluate["test_acc"]
     best = max(acc["ticket_01"], acc["ticket_02"])
     expected = {"method": "rigl", "density": 0.1,
@@ -76,18 +67,20 @@ def test_wandb_summaries_give_gains_in_points(smoke_repo):
     assert {"evaluate", "report"} <= set(checked)
 
 
-def test_compare_shows_one_row_per_experiment_gains_in_points(second_experiment):
-    repo, _ = second_experiment
+def test_compare_shows_one_row_per_experiment_gains_in_points(queued_repo):
+    repo = queued_repo
     proc = run(repo, "python", str(ROOT / "scripts/compare.py"))
     lines = proc.stdout.strip().splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[:5] == ["experiment", "method", "density", "seed", "lr_max"]
     rows = {cells[0]: dict(zip(header, cells)) for cells in
             ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
-    assert "cmp-final" in rows and len(rows) >= 2, proc.stdout  # this module's experiment and the fixture's
-    mine = rows["cmp-final"]
-    figures = json.loads((repo / "metrics/summary.json").read_text())  # the applied experiment: cmp-final
-    assert (mine["method"], mine["density"], mine["seed"], mine["lr_max"]) == ("rigl", "0.1", "0", "0.05")
+    by_seed = {row["seed"]: row for row in rows.values()}
+    assert set(by_seed) == {"0", "1"}, proc.stdout  # the smoke run's experiment and the queued one
+    mine = by_seed["0"]
+    figures = json.loads((repo / "metrics/summary.json").read_text())  # the applied experiment: seed 0
+    assert (mine["method"], mine["density"], mine["lr_max"]) == ("rigl", "0.1", "0.05")
+    assert (by_seed["1"]["method"], by_seed["1"]["density"]) == ("rigl", "0.1")
     assert mine["superposed %"] == f"{figures['test_acc_pct']['superposed']:.2f}"
     assert mine["gain vs sparse_baseline (pts)"] == f"{figures['gain_pts']['vs_sparse_baseline']:+.2f}"
     for row in rows.values():
@@ -97,19 +90,18 @@ def test_compare_shows_one_row_per_experiment_gains_in_points(second_experiment)
                                                   text=True).stdout
 
 
-def test_a_stage_under_dvc_says_where_the_run_stands(smoke_repo, second_experiment):
+def test_a_fresh_run_says_where_it_stands_with_no_earlier_times(smoke_repo):
     first = (smoke_repo / "exp_run.log").read_text()  # a fresh repository: no times yet
-    assert "[1/8] prepare — no earlier times to estimate what is left (8 stage(s) expected)" in first
-    for i, stage in enumerate(["dense", "sparse_baseline", "warmup", "tickets", "superpose", "evaluate", "report"], 2):
-        assert f"[{i}/8] {stage} — " in first, stage
-    _, log = second_experiment
-    assert re.search(r"\[6/8\] superpose — about (\d+m)?\d+s left \(last run's times\)", log), log
+    assert "[1/9] prepare — no earlier times to estimate what is left (9 stage(s) expected)" in first
+    stages = ["dense", "sparse_baseline", "warmup", "tickets", "superpose", "export", "evaluate", "report"]
+    for i, stage in enumerate(stages, 2):
+        assert f"[{i}/9] {stage} — " in first, stage
     times = json.loads((smoke_repo / ".cache/suptickets/stage_times.json").read_text())["smoke"]
-    assert set(times) == {"prepare", "dense", "sparse_baseline", "warmup", "tickets", "superpose", "evaluate",
-                          "report"}
+    assert set(times) == {"prepare", *stages}
 
 
-def test_dvc_plots_show_lists_exactly_the_intended_plots(smoke_repo):
+def test_dvc_plots_show_lists_exactly_the_intended_plots(smoke_copy):
+    smoke_repo = smoke_copy  # `dvc plots show` writes dvc_plots/ (git ignores it)
     shown = json.loads(run(smoke_repo, "dvc", "plots", "show", "--json").stdout)["data"]
     assert set(shown) == INTENDED_PLOTS
     [superpose] = shown["superpose"]

@@ -120,7 +120,18 @@ def reader_of(overrides: list[str]) -> str:
     return "dense"
 
 
-@pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
+# one case per stage that judges settings (every message itself is checked in-process above)
+THROUGH_A_STAGE = [case for case in BAD if case[0] in (
+    ["train.epochs=0"], ["dst.density=1.5"], ["dst=granet", "dst.final_prune_fraction=0.9"],
+    ["tickets.cycle_rate=1.0"], ["superpose.scope=row"], ["data.name=mnist"])]
+
+
+def test_the_cases_through_a_stage_cover_every_stage_that_judges_settings():
+    assert sorted(reader_of(o) for o, _ in THROUGH_A_STAGE) == \
+        ["dense", "prepare", "sparse_baseline", "superpose", "tickets", "warmup"]
+
+
+@pytest.mark.parametrize("overrides,message", THROUGH_A_STAGE, ids=[" ".join(o) for o, _ in THROUGH_A_STAGE])
 def test_a_stage_given_bad_config_exits_2_with_the_message_and_writes_nothing(tmp_path, overrides, message):
     name = reader_of(overrides)
     (tmp_path / "models").mkdir()

@@ -1,20 +1,16 @@
 """Resume after interruption: SIGKILL the smoke DAG in the middle of warmup and again in the middle
-of tickets, rerun `dvc repro`, and get every output bit-identical to an uninterrupted run."""
+of tickets, rerun `dvc repro`, and get every output bit-identical to an uninterrupted run (both made
+by the `resume_pair` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import env_for, make_repo, run
 from suptickets.models import build_model
 from suptickets.resume import Checkpoint, key
 from suptickets.sparsity.engine import Masked, init_masks, masks_of
@@ -60,47 +56,10 @@ def test_checkpoint_round_trip_restores_weights_masks_and_momentum(tmp_path):
     assert Checkpoint(tmp_path / "ck").load(fresh, fresh_opt) is None
 
 
-def _repro_until(repo: Path, pattern: str, timeout: float = 300) -> None:
-    """Run `dvc repro` and SIGKILL the whole process group once a checkpoint matching `pattern` exists."""
-    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env_for(repo), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    start = time.time()
-    try:
-        while time.time() - start < timeout:
-            if list((repo / ".cache/suptickets/resume").glob(pattern)):
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return
-            if proc.poll() is not None:
-                raise AssertionError(f"dvc repro ended (rc {proc.returncode}) before {pattern} appeared")
-            time.sleep(0.02)
-        raise AssertionError(f"no checkpoint {pattern} within {timeout} s")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-# warmup 8 epochs, then 8 one-epoch cycles: a window of several epochs to kill tickets in
-RESUME_PARAMS = ["experiment=smoke", "train.epochs=16", "tickets.cycle_rate=0.5", "tickets.cycle_epochs=1"]
-
-
 @pytest.mark.e2e
-def test_killed_in_warmup_and_in_tickets_then_rerun_gives_identical_outputs(tmp_path):
-    from test_pipeline import compose
-
-    repos = {}
-    for name in ("uninterrupted", "killed"):
-        repos[name] = make_repo(tmp_path / name)
-        compose(RESUME_PARAMS, repos[name] / "params.yaml")
-    run(repos["uninterrupted"], "dvc", "repro")
-    repo = repos["killed"]
-    _repro_until(repo, "warmup-*/state.safetensors")
-    _repro_until(repo, "tickets-*/state.safetensors")  # after the first cycle: ticket_01 is written
-    assert not (repo / "models/tickets").exists()
-    proc = run(repo, "dvc", "repro")
-    out = proc.stdout + proc.stderr
+def test_killed_in_warmup_and_in_tickets_then_rerun_gives_identical_outputs(resume_pair):
+    out, repo = resume_pair["log"], resume_pair["resumed"]
     assert "warmup: resuming after epoch" not in out  # warmup finished in the second run
     assert re.search(r"tickets: resuming after epoch (9|1[0-5])\b", out), out
-    assert lock_hashes(repo) == lock_hashes(repos["uninterrupted"])
+    assert lock_hashes(repo) == lock_hashes(resume_pair["uninterrupted"])
     assert not any((repo / ".cache/suptickets/resume").iterdir()), "checkpoints are removed when stages end"

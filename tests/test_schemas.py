@@ -46,8 +46,10 @@ def rejected(summary, shape=SHAPE, k=K) -> str:
 # summary
 
 
-def test_summary_accepted(summary):
-    schemas.validate_summary(summary, SHAPE, K)
+def test_summary_accepted_for_its_shape_and_classes_only(summary):
+    assert schemas.validate_summary(summary, SHAPE, K) is None  # data.summarize's own output passes
+    assert "channel values, expected 1" in rejected(copy.deepcopy(summary), shape=(1, 8, 8))
+    assert "expected 5" in rejected(copy.deepcopy(summary), k=K + 1)
 
 
 def test_summary_class_missing_from_val(summary):
@@ -136,8 +138,13 @@ def test_validation_failed_carries_cases(summary):
 # tensors
 
 
-def test_tensors_accepted(prepared):
-    schemas.validate_tensors(prepared[0], SHAPE, K)
+def test_tensors_accepted_up_to_the_last_label(prepared):
+    splits = dict(prepared[0])
+    x, y = splits["val"]
+    splits["val"] = (x, torch.full_like(y, K - 1))  # every label the largest allowed one
+    assert schemas.validate_tensors(splits, SHAPE, K) is None
+    with pytest.raises(ValidationFailed, match="labels span"):
+        schemas.validate_tensors(splits, SHAPE, K - 1)
 
 
 @pytest.mark.parametrize("change, match", [

@@ -231,12 +231,19 @@ def test_label_smoothing_and_lr_warmup_reach_the_loop():
         model, opt, data = fresh()
         c = cfg(train={"lr": 0.05, "milestones": [0.5, 0.75], "gamma": 0.1, "label_smoothing": smoothing,
                        "lr_warmup_epochs": warm})
-        seen = []
-        lr_at = phases.step_lr(c, 4, len(data["train"]))
-        lrs[warm] = [lr_at(e, i) for e in range(4) for i in range(len(data["train"]))]
+        seen, stepped = [], []
+        orig_step = opt.step
+
+        def spy_step(*a, **k):  # the lr each optimizer step really used
+            stepped.append(opt.param_groups[0]["lr"])
+            return orig_step(*a, **k)
+
+        opt.step = spy_step
         phases.dense(model, opt, data, c, epochs=4, on_epoch=seen.append)
+        lrs[warm] = stepped
         rows[smoothing] = seen
     steps = len(lrs[0]) // 4
+    assert len(lrs[2]) == 4 * steps == 4 * len(fresh()[2]["train"])
     assert lrs[2][:2 * steps] == pytest.approx([0.05 * (s + 1) / (2 * steps) for s in range(2 * steps)])
     assert lrs[2][2 * steps:] == lrs[0][2 * steps:]
     # a smoothed target keeps the cross-entropy away from zero: the losses differ from the plain run's
