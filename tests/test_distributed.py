@@ -39,7 +39,8 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 
     from suptickets.models import build_model
     from suptickets.sparsity.engine import DST, Masked, init_masks, masks_of
-    from suptickets.train import Batches, train_epochs, wrap_ddp
+    from suptickets.batches import Batches
+    from suptickets.train import train_epochs, wrap_ddp
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -11,7 +11,7 @@ from torch.optim.swa_utils import update_bn
 
 from suptickets import phases
 from suptickets.models import build_model
-from suptickets.schedules import triangular_lr
+from suptickets.schedules import step_lr, triangular_lr
 from suptickets.sparsity.engine import masks_of
 from suptickets.train import TrainingDiverged, evaluate, train_epochs
 
@@ -139,7 +139,7 @@ def test_flops_count_the_density_each_step_used_while_granet_prunes():
     spy.rule = rule
     from suptickets.train import train_epochs as loop
     loop(model2, opt2, data2["train"], data2["val"], epochs=range(4), step=0,
-         lr_at=phases.step_lr(cfg(), 4, spe), masked=Masked(model2, opt2), topology=spy)
+         lr_at=step_lr(cfg(), 4, spe), masked=Masked(model2, opt2), topology=spy)
     assert flops.cost == pytest.approx(sum(per_step), rel=1e-9)
 
 
@@ -232,7 +232,7 @@ def test_label_smoothing_and_lr_warmup_reach_the_loop():
         c = cfg(train={"lr": 0.05, "milestones": [0.5, 0.75], "gamma": 0.1, "label_smoothing": smoothing,
                        "lr_warmup_epochs": warm})
         seen = []
-        lr_at = phases.step_lr(c, 4, len(data["train"]))
+        lr_at = step_lr(c, 4, len(data["train"]))
         lrs[warm] = [lr_at(e, i) for e in range(4) for i in range(len(data["train"]))]
         phases.dense(model, opt, data, c, epochs=4, on_epoch=seen.append)
         rows[smoothing] = seen

@@ -13,26 +13,32 @@ import difflib
 import math
 from typing import Any, Callable, Iterable
 
-from .data import DATASETS, FOLDER_DATASETS
+from .datasets import DATASETS, FOLDER_DATASETS
 from .errors import ConfigError
 from .models import MODEL_NAMES, MODEL_OPTIONS, STEMS
 from .schedules import epoch_split, prune_window
+from .sparse import KERNELS
+from .sparsity.dst import PRUNE_RATE_DECAYS
+from .sparsity.engine import DST_METHODS
+from .sparsity.masks import DISTRIBUTIONS
+from .superpose import METHODS as SUPERPOSE_METHODS, REPRUNE_MODES, SCOPES
+from .tracking import WANDB_MODES
+from .train import AMP_MODES, DEVICES
 
 SECTIONS = ("data", "model", "train", "dst", "tickets", "superpose", "tracking", "launcher", "export")
-DST_METHODS = ("set", "rigl", "granet")
-CHOICES = {
-    "device": ("auto", "cpu", "cuda"),
+CHOICES = {  # each option's choices, as the module that implements it defines them
+    "device": DEVICES,
     "data.name": DATASETS,
     "model.name": MODEL_NAMES,
     "dst.method": DST_METHODS,
-    "dst.distribution": ("erk", "uniform"),
-    "dst.prune_rate_decay": ("constant", "cosine"),
-    "superpose.method": ("caa", "cima"),
-    "superpose.reprune": ("each", "final"),
-    "superpose.scope": ("global", "layerwise"),
-    "tracking.wandb.mode": ("offline", "online", "disabled"),
-    "train.amp": ("none", "bf16"),
-    "export.kernel": ("auto", "csr", "dense"),
+    "dst.distribution": DISTRIBUTIONS,
+    "dst.prune_rate_decay": PRUNE_RATE_DECAYS,
+    "superpose.method": SUPERPOSE_METHODS,
+    "superpose.reprune": REPRUNE_MODES,
+    "superpose.scope": SCOPES,
+    "tracking.wandb.mode": WANDB_MODES,
+    "train.amp": AMP_MODES,
+    "export.kernel": KERNELS,
 }
 
 

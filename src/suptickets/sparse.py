@@ -41,8 +41,9 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 from torch.fx.experimental.optimization import fuse
 
-from .artifacts import MASK_BUFFER, load_tensors, save_tensors
+from .artifacts import load_tensors, save_tensors
 from .models import build_model
+from .sparsity import MASK_BUFFER
 from .sparsity.engine import masks_of
 
 FORMAT = "suptickets.sparse/1"

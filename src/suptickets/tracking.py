@@ -11,6 +11,7 @@ import json
 from typing import Any, Sequence
 
 SECRET_WORDS = ("key", "token", "secret", "password")
+WANDB_MODES = ("offline", "online", "disabled")
 NOT_SETTINGS = ("tracking", "chain")  # where results go and which stages run, not what they compute
 
 
@@ -84,6 +85,11 @@ class Run:
                          settings=wandb.Settings(silent=True, console="off", save_code=False,
                                                  x_disable_stats=True, disable_git=True))
         return cls(run)
+
+    @property
+    def wandb_run(self):
+        """The wandb run itself, for what this handle does not wrap; None when not tracking."""
+        return self._run
 
     @property
     def dir(self) -> str | None:
