@@ -3,8 +3,8 @@
 For CIFAR ResNet-50 (100 classes) and ResNet-32 (10 classes) at batch 128, in images/s:
 
 - dense, GPU-resident data: synthetic CIFAR-shaped uint8 images held on the GPU and fed by the
-  project's `suptickets.train.Batches` (shuffle, then random crop with padding 4 + horizontal flip by
-  `suptickets.data.augment` and normalisation, all on the GPU);
+  project's `suptickets.batches.Batches` (shuffle, then random crop with padding 4 + horizontal flip by
+  `suptickets.batches.augment` and normalisation, all on the GPU);
 - masked, GPU-resident data: the same with RigL masks at density 0.05 (ERK), `Masked.mask_grads`
   before and `Masked.apply` after the optimizer step (two `torch._foreach_mul_`), timed without
   topology updates; the update (`DST.update` on a due step, with the dense-gradient copy) is timed on its own and also shown
@@ -43,7 +43,7 @@ import _common  # noqa: F401  (first: the environment defaults, before torch loa
 
 CIFAR = {"resnet50": (100, [0.507, 0.487, 0.441], [0.267, 0.256, 0.276]),
          "resnet32": (10, [0.491, 0.482, 0.447], [0.247, 0.243, 0.262])}
-# imported at module level by suptickets.data / .artifacts / .train, never used on this script's path
+# imported at module level by some suptickets modules (.train: tqdm), never used on this script's path
 OPTIONAL = ("pandas", "safetensors", "tqdm")
 
 
@@ -169,7 +169,8 @@ def bench_model(model_name: str, args, device) -> dict:
 
     from suptickets.models import build_model, forward_flops
     from suptickets.sparsity.engine import DST, Masked, init_masks
-    from suptickets.train import Batches, Speed
+    from suptickets.batches import Batches
+    from suptickets.train import Speed
     from suptickets.train import train_step as loop_step
 
     classes, mean, std = CIFAR[model_name]

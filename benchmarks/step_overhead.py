@@ -48,9 +48,10 @@ from _common import busy_warning, cost, median  # first: the environment default
 import torch  # noqa: E402
 import torch.nn.functional as F
 
+from suptickets.batches import Batches
 from suptickets.models import build_model
 from suptickets.sparsity.engine import DST, Masked, init_masks
-from suptickets.train import Batches, set_lr, train_epochs, train_step
+from suptickets.train import set_lr, train_epochs, train_step
 
 
 TARGET = 1.10

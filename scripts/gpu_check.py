@@ -354,7 +354,7 @@ def run_jobs(jobs: list[Job], env: dict, until: float, report: Report, tick: flo
 
 
 def parity(args, env: dict, report: Report, deadline: float, gain_prepare: Job) -> None:
-    from suptickets.schedules import epoch_split
+    from suptickets.schedules import split_of
 
     device = "cpu" if args.dry_run else "cuda"
     overrides = [f"experiment={SMOKE}", f"device={device}", "threads=1", "tracking.wandb.mode=disabled",
@@ -365,7 +365,7 @@ def parity(args, env: dict, report: Report, deadline: float, gain_prepare: Job) 
     part = report.data["parity"] = {"status": "running", "preset": SMOKE, "overrides": overrides, "runs": []}
     report.write()
     run_jobs([*runs, gain_prepare], env, min(deadline, time.time() + args.parity_s), report)
-    n_tickets = epoch_split(cfg["train"]["epochs"], cfg["tickets"]["cycle_rate"], cfg["tickets"]["cycle_epochs"])[2]
+    n_tickets = split_of(cfg)[2]
     models = ["dense", "sparse_baseline", "warmup", *[f"ticket_{k:02d}" for k in range(1, n_tickets + 1)],
               "superposed", "ticket_ensemble"]
     evals = {}

@@ -3,28 +3,18 @@ density, the tickets' ensemble (averaged softmax), and the gains of the superpos
 (metrics/evaluate.json, fractions); the figures a reader compares across runs, in % and points,
 in metrics/summary.json and the W&B run's summary."""
 
-from pathlib import Path
-
 import pandas as pd
 import hydra
 from _stage import Stage, launch, log, stage
 from omegaconf import DictConfig
 
 from suptickets import comparison, runtime
-from suptickets.artifacts import write_json
+from suptickets.artifacts import model_files, write_json
 from suptickets.errors import BadModelFile, MissingInput
 from suptickets.schemas import validate_evaluation
-from suptickets.sparsity.engine import density_report
+from suptickets.sparsity.engine import masks_of
+from suptickets.sparsity.masks import count, densities
 from suptickets.train import predict, score
-
-MODELS = ["dense", "sparse_baseline", "warmup"]
-
-
-def model_paths() -> dict[str, Path]:
-    paths = {name: Path(f"models/{name}.safetensors") for name in MODELS}
-    paths.update({p.stem: p for p in sorted(Path("models/tickets").glob("ticket_*.safetensors"))})
-    paths["superposed"] = Path("models/superposed.safetensors")
-    return {name: p for name, p in paths.items() if p.is_file()}
 
 
 def run(s: Stage) -> None:
@@ -32,20 +22,20 @@ def run(s: Stage) -> None:
     device = runtime.setup(cfg["threads"], cfg["device"])
     data, summary = runtime.load_batches("data/prepared", cfg, device)
     rows, ticket_probs, budget = [], [], {}
-    for name, path in model_paths().items():
+    for name, path in model_files().items():
         model = runtime.load_model(path, runtime.new_model(cfg, summary, device))
         probs, labels = predict(model, data["test"])
         acc, loss = score(probs, labels)
-        density, _ = density_report(model)
+        masks = masks_of(model)
+        density, _ = densities(masks)
         sparse = name != "dense"
         rows.append({"model": name, "test_acc": acc, "test_loss": loss, "density": density if sparse else None})
-        if name.startswith("ticket_"):
+        if comparison.is_ticket(name):
             ticket_probs.append(probs)
         if sparse:
-            masks = [m for n, m in model.named_buffers() if n.endswith("weight_mask")]
-            budget[name] = sum(int(m.sum()) for m in masks)
+            budget[name] = count(masks.values())
             if name == "superposed":
-                superposed_masks, total_masked = masks, sum(m.numel() for m in masks)
+                superposed_masks, total_masked = masks, sum(m.numel() for m in masks.values())
     if ticket_probs:
         acc, loss = score(sum(ticket_probs) / len(ticket_probs), labels)
         rows.append({"model": "ticket_ensemble", "test_acc": acc, "test_loss": loss, "density": None})

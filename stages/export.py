@@ -18,6 +18,8 @@ from omegaconf import DictConfig
 
 from suptickets import runtime, sparse
 from suptickets.artifacts import atomic_path
+from suptickets.sparsity.engine import masks_of
+from suptickets.sparsity.masks import densities
 
 MODELS = ("superposed", "sparse_baseline")
 SPEED = "metrics/export_speed.json"
@@ -38,10 +40,10 @@ def export(name: str, tmp: Path, arch: dict, test, ex: dict) -> tuple[dict, dict
     diffs = {label: sparse.verify(reference, sparse.outputs(m, (x for x, _ in test.epoch())),
                                   f"{target} ({label} kernels)")
              for label, m in checks.items()}
-    nnz, total = sum(v["nnz"] for v in layers.values()), sum(v["nnz"] / v["density"] for v in layers.values())
+    nnz, density = sum(v["nnz"] for v in layers.values()), densities(masks_of(masked))[0]
     dense_bytes, sparse_bytes = sparse.dense_bytes(masked), tmp.stat().st_size
     facts = {"dense_bytes": dense_bytes, "masked_file_bytes": source.stat().st_size, "sparse_bytes": sparse_bytes,
-             "smaller": dense_bytes / sparse_bytes, "nnz": nnz, "density": nnz / total, "layers": layers,
+             "smaller": dense_bytes / sparse_bytes, "nnz": nnz, "density": density, "layers": layers,
              "test_samples": reference.shape[0], "verified_kernels": sorted(checks), "predictions_equal": True}
     folded = sparse.load(tmp, kernel="dense")
     seconds = {b: sparse.latency({"dense": masked, "folded_dense": folded, "sparse": chosen}, arch["input_shape"],

@@ -13,8 +13,10 @@ from omegaconf import DictConfig
 
 from suptickets.artifacts import write_json, write_text
 from suptickets.config import get
-from suptickets.data import FOLDER_DATASETS, load_raw, prepare_splits, save_prepared, summarize
+from suptickets.choices import FOLDER_DATASETS
+from suptickets.datasets import load_raw, prepare_splits
 from suptickets.imagefolder import MANIFEST, build_manifest, check_files, manifest_summary
+from suptickets.prepared import save_prepared, summarize
 from suptickets.schemas import validate_manifest, validate_summary, validate_tensors
 
 OUT = Path("data/prepared")

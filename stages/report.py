@@ -15,9 +15,10 @@ from _stage import Stage, launch, log, stage
 from omegaconf import DictConfig
 
 from suptickets import report
-from suptickets.artifacts import load_tensors, read_json, state_from_file, write_text
-from suptickets.comparison import percent
+from suptickets.artifacts import load_tensors, model_files, read_json, state_from_file, write_text
+from suptickets.comparison import is_ticket, percent
 from suptickets.errors import MissingInput
+from suptickets.figures import plot_export_size
 
 HISTORIES = ["dense", "sparse_baseline", "warmup", "tickets"]
 FIGURES, SUMMARY, EXPORT = Path("plots"), Path("reports/summary.md"), Path("metrics/export.json")
@@ -25,13 +26,6 @@ FIGURES, SUMMARY, EXPORT = Path("plots"), Path("reports/summary.md"), Path("metr
 
 def masks(path: Path) -> dict:
     return state_from_file(load_tensors(path))[1]
-
-
-def model_files() -> dict[str, Path]:
-    paths = {n: Path(f"models/{n}.safetensors") for n in ("dense", "sparse_baseline", "warmup")}
-    paths.update({p.stem: p for p in sorted(Path("models/tickets").glob("ticket_*.safetensors"))})
-    paths["superposed"] = Path("models/superposed.safetensors")
-    return {n: p for n, p in paths.items() if p.is_file()}
 
 
 def _md5(path: Path) -> str:
@@ -87,7 +81,7 @@ def run(s: Stage) -> None:
     histories = {n: report.read_history(f"plots/{n}.csv") for n in HISTORIES}
     evaluate = read_json("metrics/evaluate.json")
     files = model_files()
-    tickets = [masks(p) for n, p in files.items() if n.startswith("ticket_")]
+    tickets = [masks(p) for n, p in files.items() if is_ticket(n)]
     if "warmup" not in files or "superposed" not in files or not tickets:
         raise MissingInput("models/: the report needs warmup.safetensors, tickets/ticket_*.safetensors "
                                 "and superposed.safetensors")
@@ -99,7 +93,7 @@ def run(s: Stage) -> None:
                                     "superposed": masks(files["superposed"])}, FIGURES)
     text = report.summary_markdown(cfg, evaluate, figures, base=SUMMARY.parent)
     if EXPORT.is_file():  # a chain of stages without export has none
-        figures["export_size"] = report.plot_export_size(read_json(EXPORT), FIGURES / "export_size.png")
+        figures["export_size"] = plot_export_size(read_json(EXPORT), FIGURES / "export_size.png")
         text += "\n" + report.export_markdown(read_json(EXPORT), figures["export_size"], base=SUMMARY.parent)
     write_text(SUMMARY, text)
 
@@ -110,7 +104,7 @@ def run(s: Stage) -> None:
     acc = evaluate["test_acc"]
     if "superposed" in acc and "sparse_baseline" in acc:
         final["superposed_beats_sparse_baseline"] = acc["superposed"] > acc["sparse_baseline"]
-    wb = s.run._run  # the wandb run, or None when tracking is off
+    wb = s.run.wandb_run  # None when tracking is off
     if wb is not None:
         lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").is_file() else {}
         by_model = {r["model"]: r for r in rows}

@@ -10,15 +10,18 @@ from omegaconf import DictConfig
 from torch.optim.swa_utils import update_bn
 
 from suptickets import runtime
-from suptickets.artifacts import write_text
+from suptickets.artifacts import model_files, write_text
+from suptickets.comparison import is_ticket
 from suptickets.errors import BadModelFile, MissingInput
-from suptickets.sparsity.engine import attach_masks, density_report
+from suptickets.sparsity.engine import attach_masks, masks_of
+from suptickets.sparsity.masks import densities
 from suptickets.superpose import superpose_steps
 from suptickets.train import evaluate
 
 
-def model_files() -> list[Path]:
-    tickets = sorted(Path("models/tickets").glob("ticket_*.safetensors"))
+def superposed_files() -> list[Path]:
+    """T0 (warmup) and the tickets, in order."""
+    tickets = [p for name, p in model_files().items() if is_ticket(name)]
     if not tickets:
         raise MissingInput("models/tickets: no ticket_*.safetensors; run the tickets stage first")
     return [Path("models/warmup.safetensors"), *tickets]
@@ -40,7 +43,7 @@ def run(s: Stage) -> None:
     data, summary = runtime.load_batches("data/prepared", cfg, device)
     bn_batches = data["train"].plain()
     model = runtime.new_model(cfg, summary, device)
-    files = model_files()
+    files = superposed_files()
     _, masks0 = runtime.read_model_file(files[0], model)
     keys = list(masks0)
     counts = [int(m.sum()) for m in masks0.values()]
@@ -54,7 +57,7 @@ def run(s: Stage) -> None:
         if sp["bn_update"]:
             update_bn(bn_batches.epoch(), model)
         val_acc, val_loss = evaluate(model, data["val"])
-        rows.append({"k": k, "val_acc": val_acc, "val_loss": val_loss, "density": density_report(model)[0]})
+        rows.append({"k": k, "val_acc": val_acc, "val_loss": val_loss, "density": densities(masks_of(model))[0]})
         s.run.log({"superpose/val_acc": val_acc, "superpose/k": k})
     runtime.save_model("models/superposed.safetensors", model)
     write_text("plots/superpose.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))

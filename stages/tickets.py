@@ -10,9 +10,9 @@ from omegaconf import DictConfig
 
 from suptickets import phases, runtime
 from suptickets.artifacts import load_tensors, state_from_file
-from suptickets.schedules import epoch_split
-from suptickets.sparsity.engine import density_report, masks_of
-from suptickets.sparsity.masks import jaccard
+from suptickets.schedules import split_of
+from suptickets.sparsity.engine import masks_of
+from suptickets.sparsity.masks import densities, jaccard
 
 WARMUP, WARMUP_OPTIM, OUT = "models/warmup.safetensors", "models/warmup.optim.safetensors", Path("models/tickets")
 
@@ -28,8 +28,8 @@ def file_masks(path) -> list:
 
 
 def run(s: Stage) -> None:
-    cfg, t = s.cfg, s.cfg["tickets"]
-    warmup_epochs, _, n_tickets = epoch_split(cfg["train"]["epochs"], t["cycle_rate"], t["cycle_epochs"])
+    cfg = s.cfg
+    warmup_epochs, _, n_tickets = split_of(cfg)
     device = runtime.setup(cfg["threads"], cfg["device"])
     data, summary = runtime.load_batches("data/prepared", cfg, device)
     model = runtime.load_model(WARMUP, runtime.new_model(cfg, summary, device))
@@ -50,7 +50,7 @@ def run(s: Stage) -> None:
         s.save_model(folder / f"{name}.safetensors", model)
         current = mask_list({k: m.bool().clone().cpu() for k, m in masks_of(model).items()})
         per_ticket.append({"ticket": name, "epoch": row["epoch"], "val_acc": row["val_acc"],
-                           "density": density_report(model)[0], "jaccard_prev": jaccard(previous, current)})
+                           "density": densities(masks_of(model))[0], "jaccard_prev": jaccard(previous, current)})
         s.run.log({"tickets/val_acc": row["val_acc"], "tickets/jaccard_prev": per_ticket[-1]["jaccard_prev"],
                    "ticket": k})
         previous = current

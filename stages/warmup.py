@@ -2,23 +2,19 @@
 
 import hydra
 from _stage import Stage, launch, stage
+from _training import train_sparse, write_outputs
 from omegaconf import DictConfig
-from sparse_baseline import train_sparse
 
 from suptickets import runtime
-from suptickets.schedules import epoch_split
+from suptickets.schedules import split_of
 
 
 def run(s: Stage) -> None:
-    t = s.cfg["tickets"]
-    warmup_epochs, _, _ = epoch_split(s.cfg["train"]["epochs"], t["cycle_rate"], t["cycle_epochs"])
+    warmup_epochs, _, _ = split_of(s.cfg)
     model, opt, step, metrics = train_sparse(s, warmup_epochs)
-    s.save_model("models/warmup.safetensors", model)
     if s.rank == 0:
         runtime.save_optimizer("models/warmup.optim.safetensors", model, opt, step)
-    s.write_history()
-    s.write_metrics(metrics)
-    s.done(metrics["flops_ratio"])
+    write_outputs(s, model, "models/warmup.safetensors", metrics)
 
 
 @hydra.main(version_base="1.3", config_path="../params", config_name="params")

@@ -1,4 +1,5 @@
-"""Tests for suptickets.data: IDX and CIFAR readers, splits, summaries, augmentation, files."""
+"""Tests for the data modules: IDX and CIFAR readers and splits (datasets), summaries and files
+(prepared), normalisation and augmentation (batches)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from suptickets import data
-from suptickets.data import DataError
+from suptickets import batches, datasets, prepared
+from suptickets.errors import DataError
 
-FASHION_DIR = Path(data.DEBIAN_FASHION_MNIST)
+FASHION_DIR = Path(datasets.DEBIAN_FASHION_MNIST)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,15 +107,15 @@ def test_read_idx_roundtrip(tmp_path, gz):
     images = np.random.default_rng(0).integers(0, 256, (7, 28, 28), dtype=np.uint8)
     labels = np.arange(7, dtype=np.uint8)
     suffix = ".gz" if gz else ""
-    x = data.read_idx(write_idx(tmp_path / f"img{suffix}", images, gz=gz), data.IDX_IMAGES_MAGIC)
-    y = data.read_idx(write_idx(tmp_path / f"lab{suffix}", labels, gz=gz), data.IDX_LABELS_MAGIC)
+    x = datasets.read_idx(write_idx(tmp_path / f"img{suffix}", images, gz=gz), datasets.IDX_IMAGES_MAGIC)
+    y = datasets.read_idx(write_idx(tmp_path / f"lab{suffix}", labels, gz=gz), datasets.IDX_LABELS_MAGIC)
     assert x.dtype == torch.uint8 and tuple(x.shape) == (7, 28, 28)
     assert torch.equal(x, torch.from_numpy(images))
     assert torch.equal(y, torch.from_numpy(labels))
 
 
 def test_read_idx_empty(tmp_path):
-    x = data.read_idx(write_idx(tmp_path / "empty", np.zeros((0, 28, 28), np.uint8)))
+    x = datasets.read_idx(write_idx(tmp_path / "empty", np.zeros((0, 28, 28), np.uint8)))
     assert tuple(x.shape) == (0, 28, 28)
 
 
@@ -153,7 +154,7 @@ def test_read_idx_errors(tmp_path, case, match):
         blob[len(blob) // 2:] = b"\xff" * (len(blob) - len(blob) // 2)
         path.write_bytes(bytes(blob))
     with pytest.raises(DataError, match=match) as info:
-        data.read_idx(path, data.IDX_IMAGES_MAGIC)
+        datasets.read_idx(path, datasets.IDX_IMAGES_MAGIC)
     assert name in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -161,7 +162,7 @@ def test_read_idx_errors(tmp_path, case, match):
 @pytest.mark.parametrize("gz", [False, True])
 def test_load_fashion_from_root(tmp_path, gz):
     arrays = write_fashion(tmp_path / "FashionMNIST" / "raw", gz=gz)
-    raw = data.load_raw("fashion_mnist", root=str(tmp_path))
+    raw = datasets.load_raw("fashion_mnist", root=str(tmp_path))
     assert tuple(raw.train_x.shape) == (20, 1, 28, 28) and raw.train_x.dtype == torch.uint8
     assert tuple(raw.test_x.shape) == (10, 1, 28, 28)
     assert raw.train_y.dtype == torch.int64 and raw.test_y.dtype == torch.int64
@@ -173,7 +174,7 @@ def test_load_fashion_from_root(tmp_path, gz):
 def test_load_fashion_wrong_image_size(tmp_path):
     write_fashion(tmp_path, size=32)
     with pytest.raises(DataError, match="28x28") as info:
-        data.load_raw("fashion_mnist", root=str(tmp_path))
+        datasets.load_raw("fashion_mnist", root=str(tmp_path))
     assert "train-images-idx3-ubyte" in str(info.value)
 
 
@@ -181,14 +182,14 @@ def test_load_fashion_mismatched_counts(tmp_path):
     write_fashion(tmp_path)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(9, np.uint8))
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
-        data.load_raw("fashion_mnist", root=str(tmp_path))
+        datasets.load_raw("fashion_mnist", root=str(tmp_path))
 
 
 def test_load_fashion_label_out_of_range(tmp_path):
     write_fashion(tmp_path)
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.full(20, 10, np.uint8))
     with pytest.raises(DataError, match="train-labels-idx1-ubyte"):
-        data.load_raw("fashion_mnist", root=str(tmp_path))
+        datasets.load_raw("fashion_mnist", root=str(tmp_path))
 
 
 def test_load_fashion_corrupt_gzip_names_file(tmp_path):
@@ -196,20 +197,20 @@ def test_load_fashion_corrupt_gzip_names_file(tmp_path):
     path = tmp_path / "t10k-images-idx3-ubyte.gz"
     path.write_bytes(path.read_bytes()[:40])  # cut the gzip stream short
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz"):
-        data.load_raw("fashion_mnist", root=str(tmp_path))
+        datasets.load_raw("fashion_mnist", root=str(tmp_path))
 
 
 def test_a_configured_root_is_the_only_place_looked_at(tmp_path):
     with pytest.raises(DataError, match="not found; searched") as info:
-        data.load_raw("fashion_mnist", root=str(tmp_path / "empty"))
+        datasets.load_raw("fashion_mnist", root=str(tmp_path / "empty"))
     assert str(tmp_path / "empty") in str(info.value)
-    assert data.DEBIAN_FASHION_MNIST not in str(info.value)
+    assert datasets.DEBIAN_FASHION_MNIST not in str(info.value)
 
 
 def test_unknown_dataset():
     with pytest.raises(DataError, match="data.name") as info:
-        data.load_raw("mnist")
-    assert all(name in str(info.value) for name in data.DATASETS)
+        datasets.load_raw("mnist")
+    assert all(name in str(info.value) for name in datasets.DATASETS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ def test_unknown_dataset():
 
 def test_load_cifar10(tmp_path):
     batches = fake_cifar10(tmp_path)
-    raw = data.load_raw("cifar10", root=str(tmp_path))
+    raw = datasets.load_raw("cifar10", root=str(tmp_path))
     assert tuple(raw.train_x.shape) == (30, 3, 32, 32) and raw.train_x.dtype == torch.uint8
     assert tuple(raw.test_x.shape) == (5, 3, 32, 32)
     assert raw.train_y.dtype == torch.int64
@@ -236,7 +237,7 @@ def test_load_cifar10(tmp_path):
 
 def test_load_cifar10_without_meta(tmp_path):
     fake_cifar10(tmp_path, meta=False)
-    raw = data.load_raw("cifar10", root=str(tmp_path))
+    raw = datasets.load_raw("cifar10", root=str(tmp_path))
     assert raw.classes == [str(i) for i in range(10)]
 
 
@@ -244,7 +245,7 @@ def test_load_cifar10_missing_batch(tmp_path):
     fake_cifar10(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
     with pytest.raises(DataError, match="data_batch_3"):
-        data.load_raw("cifar10", root=str(tmp_path))
+        datasets.load_raw("cifar10", root=str(tmp_path))
 
 
 def test_load_cifar10_bad_row_size(tmp_path):
@@ -252,7 +253,7 @@ def test_load_cifar10_bad_row_size(tmp_path):
     path = tmp_path / "cifar-10-batches-py" / "data_batch_4"
     write_pickle(path, {b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]})
     with pytest.raises(DataError, match="data_batch_4.*3072"):
-        data.load_raw("cifar10", root=str(tmp_path))
+        datasets.load_raw("cifar10", root=str(tmp_path))
 
 
 def test_load_cifar10_label_out_of_range(tmp_path):
@@ -260,19 +261,19 @@ def test_load_cifar10_label_out_of_range(tmp_path):
     path = tmp_path / "cifar-10-batches-py" / "test_batch"
     write_pickle(path, {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]})
     with pytest.raises(DataError, match="test_batch"):
-        data.load_raw("cifar10", root=str(tmp_path))
+        datasets.load_raw("cifar10", root=str(tmp_path))
 
 
 def test_load_cifar10_not_a_pickle(tmp_path):
     fake_cifar10(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="data_batch_1"):
-        data.load_raw("cifar10", root=str(tmp_path))
+        datasets.load_raw("cifar10", root=str(tmp_path))
 
 
 def test_load_cifar100(tmp_path):
     parts = fake_cifar100(tmp_path)
-    raw = data.load_raw("cifar100", root=str(tmp_path))
+    raw = datasets.load_raw("cifar100", root=str(tmp_path))
     assert tuple(raw.train_x.shape) == (12, 3, 32, 32)
     assert tuple(raw.test_x.shape) == (4, 3, 32, 32)
     assert raw.train_y.tolist() == parts["train"][b"fine_labels"]
@@ -286,7 +287,7 @@ def test_load_cifar100_missing(tmp_path):
     fake_cifar100(tmp_path)
     (tmp_path / "cifar-100-python" / "test").unlink()
     with pytest.raises(DataError, match="cifar-100-python.test"):
-        data.load_raw("cifar100", root=str(tmp_path))
+        datasets.load_raw("cifar100", root=str(tmp_path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,11 +295,11 @@ def test_load_cifar100_missing(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def fashion() -> data.Raw:
+def fashion() -> datasets.Raw:
     if not all((FASHION_DIR / f"{stem}.gz").is_file() or (FASHION_DIR / stem).is_file()
-               for stem in data.FASHION_MNIST_FILES.values()):
+               for stem in datasets.FASHION_MNIST_FILES.values()):
         pytest.skip(f"{FASHION_DIR} not installed")
-    return data.load_raw("fashion_mnist")
+    return datasets.load_raw("fashion_mnist")
 
 
 def test_real_fashion_mnist(fashion):
@@ -311,9 +312,9 @@ def test_real_fashion_mnist(fashion):
 
 
 def test_real_fashion_prepare_and_summarize(fashion):
-    splits = data.prepare_splits(fashion, 0.1, seed=0, limit_train=2000, limit_test=500)
+    splits = datasets.prepare_splits(fashion, 0.1, seed=0, limit_train=2000, limit_test=500)
     assert {k: len(v[1]) for k, v in splits.items()} == {"train": 1800, "val": 200, "test": 500}
-    summary = data.summarize(splits, fashion.classes)
+    summary = prepared.summarize(splits, fashion.classes)
     assert summary["shape"] == [1, 28, 28]
     assert summary["splits"]["val"]["class_counts"] == [20] * 10
     assert 0.2 < summary["mean"][0] < 0.4 and 0.25 < summary["std"][0] < 0.45
@@ -331,7 +332,7 @@ def labels_fixture() -> torch.Tensor:
 
 def test_stratified_split_sizes_and_partition():
     y = labels_fixture()
-    keep, held = data.stratified_split(y, 0.2, seed=3)
+    keep, held = datasets.stratified_split(y, 0.2, seed=3)
     assert keep.dtype == torch.int64 and held.dtype == torch.int64
     for c, n in enumerate([50, 30, 21, 7, 1]):
         assert int((y[held] == c).sum()) == round(n * 0.2)
@@ -343,42 +344,42 @@ def test_stratified_split_sizes_and_partition():
 
 def test_stratified_split_determinism():
     y = labels_fixture()
-    a = data.stratified_split(y, 0.25, seed=7)
-    b = data.stratified_split(y, 0.25, seed=7)
-    c = data.stratified_split(y, 0.25, seed=8)
+    a = datasets.stratified_split(y, 0.25, seed=7)
+    b = datasets.stratified_split(y, 0.25, seed=7)
+    c = datasets.stratified_split(y, 0.25, seed=8)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[1], c[1])
 
 
 def test_stratified_split_rejects_bad_fraction():
     with pytest.raises(ValueError):
-        data.stratified_split(torch.zeros(4, dtype=torch.int64), 1.5, 0)
+        datasets.stratified_split(torch.zeros(4, dtype=torch.int64), 1.5, 0)
 
 
 def test_stratified_subset_balanced():
     y = torch.arange(1000) % 10
-    idx = data.stratified_subset(y, 95, seed=0)
+    idx = datasets.stratified_subset(y, 95, seed=0)
     assert len(idx) == 95 and len(set(idx.tolist())) == 95
     assert torch.equal(idx, idx.sort().values)
     counts = torch.bincount(y[idx], minlength=10)
     assert int(counts.max() - counts.min()) <= 1
-    assert torch.equal(idx, data.stratified_subset(y, 95, seed=0))
-    assert not torch.equal(idx, data.stratified_subset(y, 95, seed=1))
-    assert torch.equal(data.stratified_subset(y, 5000, seed=0), torch.arange(1000))
+    assert torch.equal(idx, datasets.stratified_subset(y, 95, seed=0))
+    assert not torch.equal(idx, datasets.stratified_subset(y, 95, seed=1))
+    assert torch.equal(datasets.stratified_subset(y, 5000, seed=0), torch.arange(1000))
 
 
 def test_stratified_subset_small_class():
     y = labels_fixture()  # class sizes 50, 30, 21, 7, 1
-    idx = data.stratified_subset(y, 50, seed=0)
+    idx = datasets.stratified_subset(y, 50, seed=0)
     counts = torch.bincount(y[idx], minlength=5).tolist()
     assert sum(counts) == 50 and counts[4] == 1 and counts[3] == 7
     assert max(counts[:3]) - min(counts[:3]) <= 1
 
 
 def tiny_raw(n_train: int = 200, n_test: int = 40, channels: int = 3, size: int = 8,
-             k: int = 4) -> data.Raw:
+             k: int = 4) -> datasets.Raw:
     g = torch.Generator().manual_seed(0)
-    return data.Raw(
+    return datasets.Raw(
         train_x=torch.randint(0, 256, (n_train, channels, size, size), generator=g,
                               dtype=torch.uint8),
         train_y=torch.arange(n_train) % k,
@@ -391,22 +392,22 @@ def tiny_raw(n_train: int = 200, n_test: int = 40, channels: int = 3, size: int 
 
 def test_prepare_splits_limits():
     raw = tiny_raw()
-    splits = data.prepare_splits(raw, 0.25, seed=1, limit_train=80, limit_test=20)
-    assert [len(splits[s][1]) for s in data.SPLITS] == [60, 20, 20]
-    for s in data.SPLITS:
+    splits = datasets.prepare_splits(raw, 0.25, seed=1, limit_train=80, limit_test=20)
+    assert [len(splits[s][1]) for s in datasets.SPLITS] == [60, 20, 20]
+    for s in datasets.SPLITS:
         x, y = splits[s]
         assert x.dtype == torch.uint8 and y.dtype == torch.int64
         assert torch.bincount(y, minlength=4).tolist() == [len(y) // 4] * 4
-    again = data.prepare_splits(raw, 0.25, seed=1, limit_train=80, limit_test=20)
-    assert all(torch.equal(splits[s][0], again[s][0]) for s in data.SPLITS)
-    full = data.prepare_splits(raw, 0.25, seed=1)
-    assert [len(full[s][1]) for s in data.SPLITS] == [152, 48, 40]
+    again = datasets.prepare_splits(raw, 0.25, seed=1, limit_train=80, limit_test=20)
+    assert all(torch.equal(splits[s][0], again[s][0]) for s in datasets.SPLITS)
+    full = datasets.prepare_splits(raw, 0.25, seed=1)
+    assert [len(full[s][1]) for s in datasets.SPLITS] == [152, 48, 40]
 
 
 def test_summarize():
     raw = tiny_raw()
-    splits = data.prepare_splits(raw, 0.25, seed=0)
-    summary = data.summarize(splits, raw.classes)
+    splits = datasets.prepare_splits(raw, 0.25, seed=0)
+    summary = prepared.summarize(splits, raw.classes)
     train = splits["train"][0].double() / 255
     expected_mean = train.mean(dim=(0, 2, 3))
     expected_std = train.permute(1, 0, 2, 3).reshape(3, -1).std(dim=1, unbiased=False)
@@ -423,8 +424,8 @@ def test_summarize():
 
 def test_summary_tables():
     raw = tiny_raw()
-    summary = data.summarize(data.prepare_splits(raw, 0.25, seed=0), raw.classes)
-    split_df, class_df = data.summary_tables(summary)
+    summary = prepared.summarize(datasets.prepare_splits(raw, 0.25, seed=0), raw.classes)
+    split_df, class_df = prepared.summary_tables(summary)
     assert list(split_df.columns) == ["split", "size", "channels", "height", "width", "mean",
                                       "std"]
     assert split_df["split"].tolist() == ["train", "val", "test"]
@@ -438,29 +439,29 @@ def test_summary_tables():
 
 def test_save_load_prepared_roundtrip(tmp_path):
     raw = tiny_raw()
-    splits = data.prepare_splits(raw, 0.25, seed=0)
-    summary = data.summarize(splits, raw.classes)
-    data.save_prepared(tmp_path / "prepared", splits, summary)
+    splits = datasets.prepare_splits(raw, 0.25, seed=0)
+    summary = prepared.summarize(splits, raw.classes)
+    prepared.save_prepared(tmp_path / "prepared", splits, summary)
     names = sorted(p.name for p in (tmp_path / "prepared").iterdir())
     assert names == ["summary.json", "test.safetensors", "train.safetensors", "val.safetensors"]
-    loaded, loaded_summary = data.load_prepared(tmp_path / "prepared")
+    loaded, loaded_summary = prepared.load_prepared(tmp_path / "prepared")
     assert loaded_summary == summary
-    for s in data.SPLITS:
+    for s in datasets.SPLITS:
         assert torch.equal(loaded[s][0], splits[s][0]) and loaded[s][0].dtype == torch.uint8
         assert torch.equal(loaded[s][1], splits[s][1]) and loaded[s][1].dtype == torch.int64
 
 
 def test_load_prepared_missing(tmp_path):
     raw = tiny_raw()
-    splits = data.prepare_splits(raw, 0.25, seed=0)
-    data.save_prepared(tmp_path, splits, data.summarize(splits, raw.classes))
+    splits = datasets.prepare_splits(raw, 0.25, seed=0)
+    prepared.save_prepared(tmp_path, splits, prepared.summarize(splits, raw.classes))
     (tmp_path / "val.safetensors").unlink()
     with pytest.raises(DataError, match="val.safetensors"):
-        data.load_prepared(tmp_path)
-    data.save_prepared(tmp_path, splits, data.summarize(splits, raw.classes))
+        prepared.load_prepared(tmp_path)
+    prepared.save_prepared(tmp_path, splits, prepared.summarize(splits, raw.classes))
     (tmp_path / "summary.json").unlink()
     with pytest.raises(DataError, match="summary.json"):
-        data.load_prepared(tmp_path)
+        prepared.load_prepared(tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -470,13 +471,13 @@ def test_load_prepared_missing(tmp_path):
 def test_normalize():
     x = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8)
     mean, std = [0.1, 0.5, 0.9], [0.2, 0.3, 0.4]
-    out = data.normalize(x, mean, std)
+    out = batches.normalize(x, mean, std)
     assert out.dtype == torch.float32 and out.shape == x.shape
     for c in range(3):
         assert torch.allclose(out[:, c], (x[:, c].float() / 255 - mean[c]) / std[c])
-    assert torch.allclose(data.normalize(x[0], mean, std), out[0])
+    assert torch.allclose(batches.normalize(x[0], mean, std), out[0])
     with pytest.raises(ValueError):
-        data.normalize(x, [0.1], [0.2])
+        batches.normalize(x, [0.1], [0.2])
 
 
 def batch(n: int = 16, c: int = 3, h: int = 10, w: int = 12) -> torch.Tensor:
@@ -486,24 +487,24 @@ def batch(n: int = 16, c: int = 3, h: int = 10, w: int = 12) -> torch.Tensor:
 
 def test_augment_identity():
     x = batch()
-    assert torch.equal(data.augment(x, torch.Generator().manual_seed(0), 0, False), x)
+    assert torch.equal(batches.augment(x, torch.Generator().manual_seed(0), 0, False), x)
 
 
 def test_augment_deterministic_and_shape():
     x = batch()
-    a = data.augment(x, torch.Generator().manual_seed(0), 4, True)
-    b = data.augment(x, torch.Generator().manual_seed(0), 4, True)
-    c = data.augment(x, torch.Generator().manual_seed(1), 4, True)
+    a = batches.augment(x, torch.Generator().manual_seed(0), 4, True)
+    b = batches.augment(x, torch.Generator().manual_seed(0), 4, True)
+    c = batches.augment(x, torch.Generator().manual_seed(1), 4, True)
     assert a.shape == x.shape and a.dtype == x.dtype
     assert torch.equal(a, b) and not torch.equal(a, c)
     xf = x.float()
-    af = data.augment(xf, torch.Generator().manual_seed(0), 4, True)
+    af = batches.augment(xf, torch.Generator().manual_seed(0), 4, True)
     assert torch.equal(af, a.float())
 
 
 def test_augment_flip_only():
     x = batch(n=64)
-    out = data.augment(x, torch.Generator().manual_seed(3), 0, True)
+    out = batches.augment(x, torch.Generator().manual_seed(3), 0, True)
     flipped = torch.flip(x, dims=[3])
     is_flipped = [torch.equal(out[i], flipped[i]) for i in range(len(x))]
     is_same = [torch.equal(out[i], x[i]) for i in range(len(x))]
@@ -514,7 +515,7 @@ def test_augment_flip_only():
 def test_augment_crop_is_shifted_window():
     x = batch(n=32)
     p = 3
-    out = data.augment(x, torch.Generator().manual_seed(4), p, False)
+    out = batches.augment(x, torch.Generator().manual_seed(4), p, False)
     padded = torch.nn.functional.pad(x.float(), (p, p, p, p)).to(torch.uint8)
     h, w = x.shape[2:]
     shifts = set()
@@ -534,7 +535,7 @@ def test_augment_matches_generator_draws():
     oy = torch.randint(0, 2 * p + 1, (8, 1), generator=g).squeeze(1)
     ox = torch.randint(0, 2 * p + 1, (8, 1), generator=g).squeeze(1)
     fl = (torch.rand((8, 1), generator=g) < 0.5).squeeze(1)
-    out = data.augment(x, torch.Generator().manual_seed(9), p, True)
+    out = batches.augment(x, torch.Generator().manual_seed(9), p, True)
     padded = torch.nn.functional.pad(x.float(), (p, p, p, p)).to(torch.uint8)
     h, w = x.shape[2:]
     for i in range(8):
@@ -547,9 +548,9 @@ def test_augment_matches_generator_draws():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_augment_cuda_matches_cpu():
     x = batch()
-    cpu = data.augment(x, torch.Generator().manual_seed(0), 4, True)
-    gpu = data.augment(x.cuda(), torch.Generator().manual_seed(0), 4, True)
+    cpu = batches.augment(x, torch.Generator().manual_seed(0), 4, True)
+    gpu = batches.augment(x.cuda(), torch.Generator().manual_seed(0), 4, True)
     assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
-    norm = data.normalize(x.cuda(), [0.5] * 3, [0.25] * 3)
+    norm = batches.normalize(x.cuda(), [0.5] * 3, [0.25] * 3)
     assert norm.device.type == "cuda"
-    assert torch.allclose(norm.cpu(), data.normalize(x, [0.5] * 3, [0.25] * 3))
+    assert torch.allclose(norm.cpu(), batches.normalize(x, [0.5] * 3, [0.25] * 3))

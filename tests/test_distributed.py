@@ -7,7 +7,7 @@ from __future__ import annotations
 def _toy_data(rank: int = 0, world: int = 1):
     import torch
 
-    from suptickets.train import Batches
+    from suptickets.batches import Batches
 
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 4, (256,), generator=g)

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from suptickets.artifacts import load_tensors, state_from_file
+from suptickets.batches import Batches
 from suptickets.models import build_model
 from suptickets.runtime import load_model, save_model
 from suptickets.sparsity.dst import cubic_density
 from suptickets.sparsity.engine import DST, Masked, init_masks, masks_of, maskable
 from suptickets.sparsity.masks import layer_counts
-from suptickets.train import Batches, train_epochs
+from suptickets.train import train_epochs
 
 SHAPE, CLASSES = (1, 8, 8), 4
 

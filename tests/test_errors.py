@@ -31,7 +31,7 @@ def test_every_project_error_is_a_suptickets_error_and_keeps_its_old_base():
                  "BadInputFile", "BadModelFile"):
         assert issubclass(getattr(errors, name), errors.SupticketsError), name
     from suptickets.config import ConfigError
-    from suptickets.data import DataError
+    from suptickets.errors import DataError
     from suptickets.schemas import ValidationFailed
     from suptickets.train import TrainingDiverged
     assert (ConfigError, DataError, ValidationFailed, TrainingDiverged) == \
@@ -117,7 +117,7 @@ def test_a_data_root_that_does_not_exist_creates_nothing_and_keeps_the_whole_rea
 
 
 def test_a_download_lands_in_the_data_root_only_when_it_succeeds(tmp_path, monkeypatch):
-    from suptickets.data import download_into
+    from suptickets.datasets import download_into
 
     monkeypatch.chdir(tmp_path)
     target = tmp_path / "elsewhere" / "root"

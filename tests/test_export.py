@@ -15,8 +15,9 @@ from safetensors import safe_open
 from conftest import ROOT, run
 from suptickets import runtime, sparse
 from suptickets.artifacts import load_tensors, save_tensors
+from suptickets.batches import normalize
 from suptickets.config import check
-from suptickets.data import load_prepared, normalize
+from suptickets.prepared import load_prepared
 from suptickets.sparsity.engine import attach_masks, init_masks, masks_of
 
 ARCH = {"name": "mlp", "options": {"hidden": [12, 6], "batch_norm": True}, "input_shape": [1, 4, 4], "num_classes": 3}

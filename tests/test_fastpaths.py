@@ -18,7 +18,8 @@ from suptickets.models import build_model
 from suptickets.sparsity.engine import Masked, init_masks, masks_of
 from suptickets.sparsity.masks import global_topk_masks
 from suptickets.superpose import superpose_steps
-from suptickets.train import Batches, train_epochs
+from suptickets.batches import Batches
+from suptickets.train import train_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import make_repo, run
 from test_pipeline import STAGES
 from suptickets.config import check
-from suptickets.data import DataError
+from suptickets.errors import DataError
 from suptickets.imagefolder import (MANIFEST, FolderBatches, ManifestImages, build_manifest, check_files,
                                     random_resized_crop_box, read_manifest)
 from suptickets.models import build_model

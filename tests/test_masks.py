@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from suptickets.sparsity.masks import (
     count,
-    density,
+    densities,
     erk_densities,
     global_topk_masks,
     jaccard,
@@ -293,7 +293,8 @@ def test_count_density_jaccard():
     a = [torch.tensor([True, False, True, False]), torch.tensor([[True], [False]])]
     b = [torch.tensor([True, True, False, False]), torch.tensor([[True], [False]])]
     assert count(a) == 3
-    assert density(a) == pytest.approx(3 / 6)
+    assert densities({"a": a[0], "b": a[1]}) == (3 / 6, {"a": 2 / 4, "b": 1 / 2})
+    assert densities({}) == (1.0, {})  # nothing masked: a dense model
     # intersection: 1 + 1 = 2; union: 3 + 1 = 4
     assert jaccard(a, b) == pytest.approx(0.5)
     assert jaccard(a, a) == 1.0
@@ -301,5 +302,3 @@ def test_count_density_jaccard():
     assert jaccard(empty, empty) == 1.0
     with pytest.raises(ValueError):
         jaccard(a, b[:1])
-    with pytest.raises(ValueError):
-        density([])

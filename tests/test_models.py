@@ -92,7 +92,7 @@ def test_init():
 def test_unknown_name():
     with pytest.raises(ValueError, match="'lenet'") as err:
         build_model("lenet", (3, 32, 32), 10)
-    assert "mlp, resnet32, vgg19, resnet50" in str(err.value)
+    assert "mlp, resnet20, resnet32, vgg19, resnet50" in str(err.value)
 
 
 @pytest.mark.parametrize("name,option", [("mlp", "width"), ("resnet32", "hidden"),
@@ -191,3 +191,17 @@ def test_global_pooling_is_a_mean_over_h_and_w_with_torchvisions_keys():
     assert list(ours.state_dict()) == list(resnet50(weights=None, num_classes=10).state_dict())
     modules = {type(m).__name__ for name in MODEL_NAMES for m in build_model(name, (3, 32, 32), 10).modules()}
     assert "AdaptiveAvgPool2d" not in modules
+
+
+def test_every_model_built_here_is_listed_with_its_options_in_choices():
+    """choices.MODEL_OPTIONS (what config.py validates) names exactly the models built here, and each
+    takes the options listed: every one is accepted, any other refused."""
+    from suptickets.choices import MODEL_OPTIONS
+    from suptickets.models import BUILDERS
+
+    assert set(BUILDERS) == set(MODEL_OPTIONS)
+    accepted = {"hidden": [8], "batch_norm": True, "width": 1, "stem": "cifar"}
+    for name, options in MODEL_OPTIONS.items():
+        build_model(name, (3, 32, 32), 10, **{k: accepted[k] for k in options})
+        with pytest.raises(ValueError, match="unknown option"):
+            build_model(name, (3, 32, 32), 10, **{"depth": 3})

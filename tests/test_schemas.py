@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from suptickets import data, schemas
+from suptickets import datasets, schemas
 from suptickets import history as history_rules
+from suptickets.prepared import summarize
 from suptickets.schemas import ValidationFailed
 
 SHAPE = (3, 8, 8)
@@ -20,15 +21,15 @@ K = 4
 @pytest.fixture(scope="module")
 def prepared():
     g = torch.Generator().manual_seed(0)
-    raw = data.Raw(
+    raw = datasets.Raw(
         train_x=torch.randint(0, 256, (160, *SHAPE), generator=g, dtype=torch.uint8),
         train_y=torch.arange(160) % K,
         test_x=torch.randint(0, 256, (40, *SHAPE), generator=g, dtype=torch.uint8),
         test_y=torch.arange(40) % K,
         classes=[f"c{i}" for i in range(K)],
     )
-    splits = data.prepare_splits(raw, 0.25, seed=0)
-    return splits, data.summarize(splits, raw.classes)
+    splits = datasets.prepare_splits(raw, 0.25, seed=0)
+    return splits, summarize(splits, raw.classes)
 
 
 @pytest.fixture

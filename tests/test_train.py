@@ -11,7 +11,7 @@ from torch.optim.swa_utils import update_bn
 
 from suptickets import phases
 from suptickets.models import build_model
-from suptickets.schedules import triangular_lr
+from suptickets.schedules import step_lr, triangular_lr
 from suptickets.sparsity.engine import masks_of
 from suptickets.train import TrainingDiverged, evaluate, train_epochs
 
@@ -139,7 +139,7 @@ def test_flops_count_the_density_each_step_used_while_granet_prunes():
     spy.rule = rule
     from suptickets.train import train_epochs as loop
     loop(model2, opt2, data2["train"], data2["val"], epochs=range(4), step=0,
-         lr_at=phases.step_lr(cfg(), 4, spe), masked=Masked(model2, opt2), topology=spy)
+         lr_at=step_lr(cfg(), 4, spe), masked=Masked(model2, opt2), topology=spy)
     assert flops.cost == pytest.approx(sum(per_step), rel=1e-9)
 
 

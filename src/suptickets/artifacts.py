@@ -18,9 +18,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import BadInputFile, MissingInput
+from .sparsity import MASK_BUFFER
 
 MASK_PREFIX = "mask."
-MASK_BUFFER = "weight_mask"
 
 
 @contextmanager
@@ -99,6 +99,16 @@ def model_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         param = key[len(MASK_PREFIX):]
         out[param] = out[param] * out[key].to(out[param].dtype)
     return out
+
+
+def model_files(root: str | os.PathLike = ".") -> dict[str, Path]:
+    """The model files of a DAG that exist under `root`: name → path (relative when `root` is), in
+    display order: dense, sparse_baseline, warmup, ticket_01 … (models/tickets/), superposed."""
+    models = Path(root) / "models"
+    paths = {name: models / f"{name}.safetensors" for name in ("dense", "sparse_baseline", "warmup")}
+    paths.update({p.stem: p for p in sorted((models / "tickets").glob("ticket_*.safetensors"))})
+    paths["superposed"] = models / "superposed.safetensors"
+    return {name: p for name, p in paths.items() if p.is_file()}
 
 
 def state_from_file(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -19,9 +19,14 @@ def percent(fraction: float) -> float:
     return round(100 * float(fraction), 4)
 
 
+def is_ticket(name: str) -> bool:
+    """Whether a model name is a single ticket's (ticket_01 ...), not the tickets' ensemble."""
+    return name.startswith("ticket_") and name != "ticket_ensemble"
+
+
 def best_ticket(test_acc: Mapping[str, float]) -> float | None:
     """The highest test accuracy of a single ticket (ticket_01 ...), None without tickets."""
-    tickets = [v for k, v in test_acc.items() if k.startswith("ticket_") and k != "ticket_ensemble"]
+    tickets = [v for k, v in test_acc.items() if is_ticket(k)]
     return max(tickets) if tickets else None
 
 

@@ -13,26 +13,26 @@ import difflib
 import math
 from typing import Any, Callable, Iterable
 
-from .data import DATASETS, FOLDER_DATASETS
+from .choices import (AMP_MODES, DATASETS, DEVICES, DISTRIBUTIONS, DST_METHODS, FOLDER_DATASETS, KERNELS,
+                      MODEL_NAMES, MODEL_OPTIONS, PRUNE_RATE_DECAYS, REPRUNE_MODES, SCOPES, STEMS,
+                      SUPERPOSE_METHODS, WANDB_MODES)
 from .errors import ConfigError
-from .models import MODEL_NAMES, MODEL_OPTIONS, STEMS
 from .schedules import epoch_split, prune_window
 
 SECTIONS = ("data", "model", "train", "dst", "tickets", "superpose", "tracking", "launcher", "export")
-DST_METHODS = ("set", "rigl", "granet")
-CHOICES = {
-    "device": ("auto", "cpu", "cuda"),
+CHOICES = {  # each option's choices (choices.py, which the implementing modules use too)
+    "device": DEVICES,
     "data.name": DATASETS,
     "model.name": MODEL_NAMES,
     "dst.method": DST_METHODS,
-    "dst.distribution": ("erk", "uniform"),
-    "dst.prune_rate_decay": ("constant", "cosine"),
-    "superpose.method": ("caa", "cima"),
-    "superpose.reprune": ("each", "final"),
-    "superpose.scope": ("global", "layerwise"),
-    "tracking.wandb.mode": ("offline", "online", "disabled"),
-    "train.amp": ("none", "bf16"),
-    "export.kernel": ("auto", "csr", "dense"),
+    "dst.distribution": DISTRIBUTIONS,
+    "dst.prune_rate_decay": PRUNE_RATE_DECAYS,
+    "superpose.method": SUPERPOSE_METHODS,
+    "superpose.reprune": REPRUNE_MODES,
+    "superpose.scope": SCOPES,
+    "tracking.wandb.mode": WANDB_MODES,
+    "train.amp": AMP_MODES,
+    "export.kernel": KERNELS,
 }
 
 

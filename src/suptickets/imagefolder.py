@@ -7,7 +7,7 @@ split is carved from `train` (stratified, seeded), its test split is the officia
 
 Training reads the manifest through a `DataLoader` with worker processes (PIL decoding, torchvision's
 standard augmentation: random resized crop + horizontal flip; evaluation: resize + centre crop) and
-yields batches shaped like `train.Batches` does (normalised float on the device, int64 labels), so
+yields batches shaped like `batches.Batches` does (normalised float on the device, int64 labels), so
 the one training loop serves both. All randomness comes from (seed, epoch, sample index), never
 from a worker's RNG: a batch is the same for any number of workers.
 """
@@ -23,8 +23,9 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .data import SPLITS, DataError, Normalize, stratified_split, stratified_subset
-from .train import batches_per_epoch, epoch_generator
+from .batches import Normalize, batches_per_epoch, epoch_generator
+from .datasets import SPLITS, stratified_split, stratified_subset
+from .errors import DataError
 
 MANIFEST = "manifest.csv"
 FOLDERS = {"train": "train", "test": "val"}  # pipeline split -> folder under data.root
@@ -106,7 +107,7 @@ def check_files(root: str | os.PathLike, paths: Sequence[str], workers: int = 8)
 
 def manifest_summary(splits: dict[str, list[tuple[str, int]]], classes: list[str], image_size: int,
                      root: str) -> dict:
-    """The summary.json of a folder data set (same keys as data.summarize, plus format and root)."""
+    """The summary.json of a folder data set (same keys as prepared.summarize, plus format and root)."""
     k = len(classes)
     out = {}
     for name, rows in splits.items():
@@ -199,7 +200,7 @@ class _EpochSampler:
 
 @dataclass
 class FolderBatches:
-    """Mini-batches of a manifest split through a DataLoader, with `train.Batches`' interface:
+    """Mini-batches of a manifest split through a DataLoader, with `batches.Batches`' interface:
     `epoch(e)` yields (normalised float x on `device`, int64 y), `len()` is batches per epoch, and
     under DDP each rank gets its share of every global batch. Workers are started once (spawned,
     not forked: a forked child must not touch the parent's W&B run) and serve every epoch."""

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .choices import MODEL_NAMES, MODEL_OPTIONS, STEMS
 from .errors import ConfigError
 
-MODEL_NAMES = ("mlp", "resnet32", "vgg19", "resnet50", "resnet20")
 VGG19_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
                 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
 
@@ -165,15 +165,13 @@ def _cifar_resnet(depth: int):
     return build
 
 
-BUILDERS = {  # name -> (builder(shape, num_classes, **options), allowed option keys)
-    "mlp": (_mlp, ("hidden", "batch_norm")),
-    "resnet20": (_cifar_resnet(20), ("width",)),
-    "resnet32": (_cifar_resnet(32), ("width",)),
-    "vgg19": (lambda shape, k: VGG(VGG19_CONFIG, shape[0], k), ()),
-    "resnet50": (lambda shape, k, stem="cifar": _resnet50(shape, k, stem), ("stem",)),
+BUILDERS = {  # model.name -> builder(shape, num_classes, **options); the options each takes: choices.MODEL_OPTIONS
+    "mlp": _mlp,
+    "resnet20": _cifar_resnet(20),
+    "resnet32": _cifar_resnet(32),
+    "vgg19": lambda shape, k: VGG(VGG19_CONFIG, shape[0], k),
+    "resnet50": lambda shape, k, stem="cifar": _resnet50(shape, k, stem),
 }
-STEMS = ("cifar", "imagenet")
-MODEL_OPTIONS = {name: allowed for name, (_, allowed) in BUILDERS.items()}  # model.* keys besides name
 
 
 def _resnet50(shape, num_classes, stem="cifar"):
@@ -206,7 +204,7 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
     """Build a freshly initialised model; RNG use is torch's global generator only."""
     if name not in BUILDERS:
         raise ConfigError(f"model.name={name!r} is not one of: {', '.join(MODEL_NAMES)}")
-    builder, allowed = BUILDERS[name]
+    builder, allowed = BUILDERS[name], MODEL_OPTIONS[name]
     for key in options:
         if key not in allowed:
             raise ConfigError(f"unknown option {key!r} for model {name!r}; "

@@ -10,20 +10,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .batches import Batches
 from .models import layer_flops, sparse_flops
-from .schedules import linear_warmup, multistep_lr, triangular_lr
+from .schedules import cycle_lr, step_lr
+from .choices import GROW_RULE
 from .sparsity.engine import DST, Masked, ReExplore, Topology, init_masks, masks_of
-from .train import Batches, Speed, train_epochs
+from .train import Speed, train_epochs
 
 log = logging.getLogger("suptickets")
-
-
-def step_lr(cfg: dict, epochs: int, steps_per_epoch: int) -> Callable[[int, int], float]:
-    """The phases' lr: multi-step decay over `epochs`, after `train.lr_warmup_epochs` of linear warm-up."""
-    t = cfg["train"]
-    warm = t.get("lr_warmup_epochs", 0) * steps_per_epoch
-    return lambda epoch, i: linear_warmup(epoch * steps_per_epoch + i, warm,
-                                          multistep_lr(epoch, epochs, t["lr"], t["milestones"], t["gamma"]))
 
 
 def loop_options(cfg: dict) -> dict:
@@ -73,7 +67,7 @@ class FlopsMeter:
 
     def refresh(self) -> None:
         fs, fd, dt = sparse_flops(self.layers, masks_of(self.model)), self.dense, self.dt
-        gradient_regrowth = self.topology_updates and self.method in ("rigl", "granet")
+        gradient_regrowth = self.topology_updates and GROW_RULE.get(self.method) == "gradient"
         self.per_step = (3 * fs * dt + 2 * fs + fd) / (dt + 1) if gradient_regrowth else 3 * fs
 
     def advance(self, step: int) -> None:
@@ -139,18 +133,8 @@ def cycles(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, 
     the cycle's end (`on_ticket(k, row)`, before `on_epoch(row)`). Cycles start at `first_epoch`; a
     resumed run passes the epoch it goes on from as `start_epoch`."""
     t, d = cfg["tickets"], cfg["dst"]
-    spe = len(data["train"])
     length = t["cycle_epochs"]
-    cycle_steps = length * spe
     masked = Masked(model, optimizer, check_ranks=cfg.get("launcher", {}).get("check_sync", False))
-
-    def index(epoch: int, i: int) -> tuple[int, int]:
-        k, e = divmod(epoch - first_epoch, length)
-        return k, e * spe + i
-
-    def lr_at(epoch: int, i: int) -> float:
-        return triangular_lr(index(epoch, i)[1], cycle_steps, t["lr_min"], t["lr_max"])
-
     re_explore = ReExplore(first_epoch, length, t["re_explore_rate"], d["method"], cfg["seed"])
     flops.begin(step)
 
@@ -164,9 +148,9 @@ def cycles(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, 
     last = first_epoch + n_tickets * length
     start = first_epoch if start_epoch is None else start_epoch
     step = train_epochs(model, optimizer, data["train"], data["val"], epochs=range(start, last),
-                        step=step, lr_at=lr_at, masked=masked, topology=Metered(re_explore, flops),
-                        on_epoch=epoch_done,
-                        stage="tickets", **loop_options(cfg))
+                        step=step, lr_at=cycle_lr(cfg, first_epoch, len(data["train"])), masked=masked,
+                        topology=Metered(re_explore, flops), on_epoch=epoch_done, stage="tickets",
+                        **loop_options(cfg))
     report_rank_checks("tickets", masked)
     return step
 

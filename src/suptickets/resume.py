@@ -20,6 +20,7 @@ from torch import nn
 
 from .artifacts import model_tensors, save_tensors, state_from_file
 from .errors import BadModelFile
+from .sparsity import MASK_BUFFER
 from .sparsity.engine import attach_masks
 
 STATE = "state.safetensors"
@@ -73,7 +74,7 @@ class Checkpoint:
         if masks:
             attach_masks(model, masks)
         missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or any(not k.endswith(".weight_mask") for k in missing):
+        if unexpected or any(not k.endswith("." + MASK_BUFFER) for k in missing):
             raise BadModelFile(f"{path}: resume checkpoint does not fit the model (missing {missing[:3]}, "
                                f"unexpected {unexpected[:3]}); delete {path.parent} to start the stage afresh")
         params = dict(model.named_parameters())

@@ -10,13 +10,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .artifacts import MASK_BUFFER, MASK_PREFIX, load_tensors, model_tensors, read_json, save_tensors, state_from_file
-from .data import check_prepared_for, load_prepared
+from .artifacts import MASK_PREFIX, load_tensors, model_tensors, read_json, save_tensors, state_from_file
+from .batches import Batches
 from .errors import BadModelFile, TrainingDiverged
 from .imagefolder import MANIFEST, load_folder_batches
 from .models import build_model
+from .prepared import check_prepared_for, load_prepared
+from .sparsity import MASK_BUFFER
 from .sparsity.engine import attach_masks, maskable
-from .train import Batches, resolve_device
+from .train import resolve_device
 
 
 def distributed() -> tuple[int, int]:

@@ -1,10 +1,11 @@
 """Epoch budget split, GraNet's pruning window and learning-rate schedules (multi-step for phases,
-with an optional linear warm-up, and triangular for cycles)."""
+with an optional linear warm-up, and triangular for cycles): the lr of every step as the training
+phases set it (`step_lr`, `cycle_lr`), which the report rebuilds with the same functions."""
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 from .errors import ConfigError
 
@@ -40,6 +41,13 @@ def epoch_split(epochs: int, cycle_rate: float, cycle_epochs: int) -> tuple[int,
             f"with {settings}; lower tickets.cycle_rate or tickets.cycle_epochs"
         )
     return warmup, cyclic, n_tickets
+
+
+def split_of(cfg: Mapping) -> tuple[int, int, int]:
+    """`epoch_split` of a config: (warmup epochs, cyclic epochs, number of tickets) of `train.epochs`,
+    `tickets.cycle_rate` and `tickets.cycle_epochs`."""
+    t = cfg["tickets"]
+    return epoch_split(cfg["train"]["epochs"], t["cycle_rate"], t["cycle_epochs"])
 
 
 def prune_window(init_fraction: float, final_fraction: float, epochs: int) -> tuple[int, int]:
@@ -80,3 +88,28 @@ def linear_warmup(step: int, warmup_steps: int, lr: float) -> float:
     if warmup_steps <= 0 or step >= warmup_steps:
         return lr
     return lr * (step + 1) / warmup_steps
+
+
+def step_lr(cfg: Mapping, epochs: int, steps_per_epoch: int) -> Callable[[int, int], float]:
+    """The lr of step i of epoch `epoch` (both 0-based) in a phase of `epochs` epochs (dense,
+    sparse_baseline, warmup): `train.lr`, multiplied by `train.gamma` at each of `train.milestones`
+    (fractions of the phase), after `train.lr_warmup_epochs` of linear warm-up."""
+    t = cfg["train"]
+    warm = t.get("lr_warmup_epochs", 0) * steps_per_epoch
+    return lambda epoch, i: linear_warmup(epoch * steps_per_epoch + i, warm,
+                                          multistep_lr(epoch, epochs, t["lr"], t["milestones"], t["gamma"]))
+
+
+def cycle_lr(cfg: Mapping, first_epoch: int, steps_per_epoch: int) -> Callable[[int, int], float]:
+    """The lr of step i of epoch `epoch` (both 0-based, absolute) in the cycles that start at
+    `first_epoch`: triangular from `tickets.lr_min` to `tickets.lr_max` and back over each cycle of
+    `tickets.cycle_epochs` epochs."""
+    t = cfg["tickets"]
+    length = t["cycle_epochs"]
+    cycle_steps = length * steps_per_epoch
+
+    def lr_at(epoch: int, i: int) -> float:
+        e = (epoch - first_epoch) % length
+        return triangular_lr(e * steps_per_epoch + i, cycle_steps, t["lr_min"], t["lr_max"])
+
+    return lr_at

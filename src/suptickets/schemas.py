@@ -13,10 +13,11 @@ import pandas as pd
 import pandera.pandas as pa
 import torch
 
-from suptickets import data, history
+from suptickets import history
+from suptickets.datasets import SPLITS
 from suptickets.errors import ValidationFailed
+from suptickets.prepared import summary_tables
 
-SPLITS = data.SPLITS
 HISTORY_COLUMNS = history.HISTORY_COLUMNS
 EVALUATION_COLUMNS = ["model", "test_acc", "test_loss", "density"]
 
@@ -93,7 +94,7 @@ def _validate(schema: pa.DataFrameSchema, df: pd.DataFrame, what: str,
 def summary_schemas(expected_shape: tuple[int, int, int], num_classes: int,
                     splits: Sequence[str] = SPLITS
                     ) -> tuple[pa.DataFrameSchema, pa.DataFrameSchema, list[str]]:
-    """(splits schema, class schema, notes) for data.summary_tables' two tables.
+    """(splits schema, class schema, notes) for prepared.summary_tables' two tables.
 
     `notes` is filled with the missing (split, label) pairs when the class table's
     completeness check fails.
@@ -145,13 +146,13 @@ def summary_schemas(expected_shape: tuple[int, int, int], num_classes: int,
 
 def validate_summary(summary: Mapping, expected_shape: tuple[int, int, int],
                      num_classes: int) -> None:
-    """Validate a data.summarize() dict: split sizes, image shape, stats, class coverage, and the
+    """Validate a prepared.summarize() dict: split sizes, image shape, stats, class coverage, and the
     recorded data settings (`config`) when present."""
     try:
-        splits_df, classes_df = data.summary_tables(summary)
+        splits_df, classes_df = summary_tables(summary)
     except (KeyError, TypeError, ValueError) as err:
         raise ValidationFailed(f"summary is malformed: column/key {err} missing or invalid "
-                               "(expected data.summarize's layout)") from err
+                               "(expected prepared.summarize's layout)") from err
     problems = []
     config = summary.get("config", {})
     if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):

@@ -41,14 +41,15 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 from torch.fx.experimental.optimization import fuse
 
-from .artifacts import MASK_BUFFER, load_tensors, save_tensors
+from .artifacts import load_tensors, save_tensors
+from .choices import KERNELS
 from .models import build_model
+from .sparsity import MASK_BUFFER
 from .sparsity.engine import masks_of
 
 FORMAT = "suptickets.sparse/1"
 METADATA_KEY = "suptickets.sparse"
 PARTS = ("values", "crow_indices", "col_indices", "shape")
-KERNELS = ("auto", "csr", "dense")
 TOLERANCE = 1e-4  # max |logit difference| allowed between the exported and the masked model
 
 

@@ -12,11 +12,9 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from suptickets.choices import REPRUNE_MODES, SCOPES, SUPERPOSE_METHODS as METHODS
 from suptickets.sparsity.masks import global_topk_masks, topk_mask
 
-METHODS = ("caa", "cima")
-SCOPES = ("global", "layerwise")
-REPRUNE_MODES = ("each", "final")
 
 State = dict[str, Tensor]
 

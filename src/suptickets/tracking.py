@@ -10,6 +10,8 @@ import hashlib
 import json
 from typing import Any, Sequence
 
+from .choices import WANDB_MODES
+
 SECRET_WORDS = ("key", "token", "secret", "password")
 NOT_SETTINGS = ("tracking", "chain")  # where results go and which stages run, not what they compute
 
@@ -84,6 +86,11 @@ class Run:
                          settings=wandb.Settings(silent=True, console="off", save_code=False,
                                                  x_disable_stats=True, disable_git=True))
         return cls(run)
+
+    @property
+    def wandb_run(self):
+        """The wandb run itself, for what this handle does not wrap; None when not tracking."""
+        return self._run
 
     @property
     def dir(self) -> str | None:

@@ -1,18 +1,16 @@
 """The one training loop every stage uses, and evaluation.
 
-Data sets that fit in memory live on the training device as uint8 tensors (`Batches`); each
-epoch's order and augmentation come from a generator seeded by (seed, epoch), so an epoch is the
-same whether the run was interrupted or not, and there is no hidden RNG state to carry. Metrics are
-accumulated on the device and read once per epoch (no host sync per step).
+The loop takes its mini-batches from a `batches.Batches` (or anything with its interface, such as
+`imagefolder.FolderBatches`). Metrics are accumulated on the device and read once per epoch (no host
+sync per step).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import math
-from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -20,9 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .data import Normalize, augment
+from .batches import Batches
+from .choices import AMP_MODES, DEVICES
 from .errors import ConfigError, TrainingDiverged
-from .sparsity.engine import Masked, Topology, density_report
+from .sparsity.engine import Masked, Topology, masks_of
+from .sparsity.masks import densities
 
 log = logging.getLogger("suptickets")
 
@@ -33,64 +33,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
-
-
-def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """The random source of one epoch (order, augmentation), seeded by (seed, epoch): on the CPU, or
-    on the data's CUDA device so that no random number crosses to the device inside a step (a CUDA
-    generator with the same seed draws other numbers than the CPU's: results are per machine kind)."""
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
-
-
-def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
-    return n // batch_size if drop_last else math.ceil(n / batch_size)
-
-
-@dataclass
-class Batches:
-    """Mini-batches of a tensor data set held on one device."""
-
-    x: torch.Tensor  # uint8 [N, C, H, W]
-    y: torch.Tensor  # int64 [N]
-    mean: list[float]
-    std: list[float]
-    batch_size: int
-    shuffle: bool = False
-    drop_last: bool = False
-    seed: int = 0
-    padding: int = 0
-    flip: bool = False
-    rank: int = 0        # under DDP each rank takes its share of every (global) batch
-    world_size: int = 1
-    _normalize: Normalize = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self._normalize = Normalize(self.mean, self.std, self.x.device)
-
-    @property
-    def device(self) -> torch.device:
-        return self.x.device
-
-    def __len__(self) -> int:
-        return batches_per_epoch(self.x.shape[0], self.batch_size, self.drop_last)
-
-    def plain(self) -> "Batches":
-        """The same split in order, without augmentation, whole on every rank (BN recalibration)."""
-        return replace(self, shuffle=False, padding=0, flip=False, rank=0, world_size=1)
-
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = self.x.shape[0]
-        g = epoch_generator(self.seed, epoch, self.x.device)
-        order = torch.randperm(n, generator=g, device=g.device) if self.shuffle else None
-        for i in range(len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            idx = order[sl] if order is not None else sl
-            xb, yb = self.x[idx], self.y[idx]
-            if self.padding or self.flip:
-                xb = augment(xb, g, self.padding, self.flip)  # the whole batch, so every rank's RNG agrees
-            if self.world_size > 1:
-                xb, yb = xb[self.rank::self.world_size], yb[self.rank::self.world_size]
-            yield self._normalize(xb), yb
 
 
 @torch.no_grad()
@@ -122,7 +64,7 @@ class Speed:
     """The training fast paths (`train.amp`, `train.channels_last`, `train.compile`); all off is the
     plain fp32 path. Masks, gradients and the optimizer stay fp32 either way."""
 
-    amp: str = "none"  # none | bf16
+    amp: str = "none"  # one of AMP_MODES
     channels_last: bool = False
     compile: bool = False
 
@@ -174,7 +116,7 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def progress_postfix(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, lr: float,
                      masked: Masked | None) -> dict[str, str]:
     """What the progress bar shows: this epoch's running loss and accuracy (this rank), lr, density."""
-    density = 1.0 if masked is None else masked.active() / masked.total()
+    density = 1.0 if masked is None else densities(masks_of(masked.model))[0]
     return {"loss": f"{loss_sum.item() / max(seen, 1):.4f}", "acc": f"{correct.item() / max(seen, 1):.4f}",
             "lr": f"{lr:.4g}", "density": f"{density:.4f}"}
 
@@ -252,7 +194,7 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batc
         val_acc, val_loss = evaluate(model, val)
         row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": loss_sum.item() / seen,
                "train_acc": round(correct.item()) / seen, "val_acc": val_acc, "val_loss": val_loss,
-               "density": density_report(model)[0]}
+               "density": densities(masks_of(model))[0]}
         log.info("%s epoch %d/%d: loss %.4f train_acc %.4f val_acc %.4f lr %.5f density %.4f", stage,
                  row["epoch"], epochs.stop, row["train_loss"], row["train_acc"], val_acc, lr, row["density"])
         if on_epoch is not None:

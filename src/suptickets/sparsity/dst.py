@@ -13,10 +13,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from suptickets.sparsity.masks import _select_largest, _select_smallest, global_topk_masks
+from suptickets.choices import GROW_RULES, PRUNE_RATE_DECAYS
+from suptickets.sparsity.masks import global_topk_masks, select_largest, select_smallest
 
-GROW_RULES = ("random", "gradient")
-PRUNE_RATE_DECAYS = ("constant", "cosine")
 
 
 def _check_pair(tensor: Tensor, mask: Tensor, name: str) -> None:
@@ -36,7 +35,7 @@ def prune_magnitude(weight: Tensor, mask: Tensor, n: int) -> Tensor:
     active = torch.nonzero(flat).flatten()
     n = max(0, min(int(n), active.numel()))
     magnitudes = weight.detach().reshape(-1)[active].abs()
-    drop = active[_select_smallest(magnitudes, n)]
+    drop = active[select_smallest(magnitudes, n)]
     new = flat.clone()
     new[drop] = False
     return new.view(mask.shape)
@@ -64,7 +63,7 @@ def grow_by_score(mask: Tensor, score: Tensor, n: int) -> Tensor:
     # ranked in place over the whole layer: active entries get -1, below every |score| of an inactive
     # one, so the n largest are the same entries, in the same tie order, as among the inactive alone
     magnitudes = score.detach().reshape(-1).abs().masked_fill_(flat, -1)
-    return (flat | _select_largest(magnitudes, n)).view(mask.shape)
+    return (flat | select_largest(magnitudes, n)).view(mask.shape)
 
 
 def prune_and_regrow(

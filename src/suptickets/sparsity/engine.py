@@ -22,12 +22,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..artifacts import MASK_BUFFER
+from ..choices import GROW_RULE
 from ..schedules import prune_window
+from . import MASK_BUFFER
 from .dst import cubic_density, global_magnitude_prune, prune_and_regrow, prune_rate_at
 from .masks import layer_counts, random_mask
 
-GROW_RULE = {"set": "random", "rigl": "gradient", "granet": "gradient"}
 
 
 def maskable(model: nn.Module, keep_first_dense: bool = False) -> list[tuple[str, nn.Module]]:
@@ -67,16 +67,6 @@ def init_masks(model: nn.Module, density: float, distribution: str, keep_first_d
     counts = layer_counts([tuple(m.weight.shape) for _, m in layers], density, distribution)
     attach_masks(model, {name: random_mask(m.weight.shape, k, generator, device=m.weight.device)
                          for (name, m), k in zip(layers, counts)})
-
-
-def density_report(model: nn.Module) -> tuple[float, dict[str, float]]:
-    """Overall density of the masked tensors and each layer's, counted from the masks."""
-    masks = masks_of(model)
-    if not masks:
-        return 1.0, {}
-    active = sum(int(m.count_nonzero()) for m in masks.values())
-    total = sum(m.numel() for m in masks.values())
-    return active / total, {k: int(m.count_nonzero()) / m.numel() for k, m in masks.items()}
 
 
 def step_keeps_zeros(optimizer: torch.optim.Optimizer) -> bool:

@@ -8,12 +8,13 @@ Masks are `torch.bool` tensors shaped like the weight they mask.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-DISTRIBUTIONS = ("erk", "uniform")
+from ..choices import DISTRIBUTIONS
+
 
 # Above this many entries, the k-th largest value is found by bracketing it with a strided
 # sample first (a few linear passes) instead of one large top-k over everything.
@@ -134,7 +135,7 @@ def _check_no_nan(values: Tensor) -> None:
             raise ValueError("cannot rank values containing NaN")
 
 
-def _select_largest(values: Tensor, k: int) -> Tensor:
+def select_largest(values: Tensor, k: int) -> Tensor:
     """Bool 1-D mask of the exact k largest entries of 1-D `values`; ties: lower index wins."""
     n = values.numel()
     if not 0 <= k <= n:
@@ -153,15 +154,15 @@ def _select_largest(values: Tensor, k: int) -> Tensor:
     return keep
 
 
-def _select_smallest(values: Tensor, k: int) -> Tensor:
+def select_smallest(values: Tensor, k: int) -> Tensor:
     """Bool 1-D mask of the exact k smallest entries of 1-D `values`; ties: lower index wins."""
-    return _select_largest(-values, k)
+    return select_largest(-values, k)
 
 
 def topk_mask(scores: Tensor, k: int) -> Tensor:
     """Bool mask shaped like `scores` of its exact k largest entries; ties: lower index wins."""
     flat = scores.detach().reshape(-1)
-    return _select_largest(flat, k).view(scores.shape)
+    return select_largest(flat, k).view(scores.shape)
 
 
 def global_topk_masks(tensors: Sequence[Tensor], k: int) -> list[Tensor]:
@@ -189,7 +190,7 @@ def global_topk_masks(tensors: Sequence[Tensor], k: int) -> list[Tensor]:
     positions = torch.cat([i + s for i, s in zip(found, starts)])
     keep = torch.zeros(n, dtype=torch.bool, device=tensors[0].device)
     if k <= values.numel():
-        keep[positions[_select_largest(values, k)]] = True
+        keep[positions[select_largest(values, k)]] = True
     else:
         _check_no_nan(values)
         keep[positions] = True
@@ -202,13 +203,14 @@ def count(masks: Iterable[Tensor]) -> int:
     return sum(int(torch.count_nonzero(m)) for m in masks)
 
 
-def density(masks: Iterable[Tensor]) -> float:
-    """Fraction of active entries over all masks (active / total)."""
-    masks = list(masks)
-    total = sum(m.numel() for m in masks)
-    if total == 0:
-        raise ValueError("density of an empty set of masks is undefined")
-    return count(masks) / total
+def densities(masks: Mapping[str, Tensor]) -> tuple[float, dict[str, float]]:
+    """The density of a model, counted from its masks (parameter name → mask, 0/1 or bool): overall
+    (active entries over all masks / their total size) and per layer; (1.0, {}) without masks
+    (nothing is masked: a dense model)."""
+    if not masks:
+        return 1.0, {}
+    layers = {name: int(torch.count_nonzero(m)) / m.numel() for name, m in masks.items()}
+    return count(masks.values()) / sum(m.numel() for m in masks.values()), layers
 
 
 def jaccard(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:

@@ -1,7 +1,9 @@
-"""Data sets: raw loaders (IDX and CIFAR pickles), stratified splits, summaries, augmentation.
+"""Data sets from their sources: the official train/test pairs read from IDX files (Fashion-MNIST)
+and CIFAR pickles (torchvision's download as a fallback), then class-balanced subsets and a
+stratified, seeded validation split.
 
-Everything stays in uint8 on disk and in memory (images as [N, C, H, W], labels as int64);
-`normalize` and `augment` turn batches into training inputs on whatever device they live on.
+Images stay uint8 [N, C, H, W] and labels int64, on disk and in memory; `prepared.py` summarises and
+writes the splits, `batches.py` turns them into training inputs on the device.
 """
 
 from __future__ import annotations
@@ -16,19 +18,14 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from suptickets.artifacts import load_tensors, read_json, save_tensors, write_json
-from suptickets.errors import DataError
+from .choices import DATASETS, FOLDER_DATASETS
+from .errors import DataError
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")
-FOLDER_DATASETS = ("imagenet",)  # an ImageFolder tree: a manifest, not tensors (see imagefolder.py)
 SPLITS = ("train", "val", "test")
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -382,196 +379,3 @@ def prepare_splits(raw: Raw, val_fraction: float, seed: int, limit_train: int | 
         "val": (train_x[held].contiguous(), train_y[held].contiguous()),
         "test": (test_x.contiguous(), test_y.contiguous()),
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# Summaries
-
-
-def _channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and population std of x/255 (exact, via 256-bin histograms)."""
-    if x.shape[0] == 0:
-        nan = [float("nan")] * x.shape[1]
-        return nan, list(nan)
-    values = torch.arange(256, dtype=torch.float64, device=x.device) / 255.0
-    means, stds = [], []
-    for c in range(x.shape[1]):
-        hist = torch.bincount(x[:, c].reshape(-1).to(torch.uint8), minlength=256)
-        hist = hist.to(torch.float64)
-        total = hist.sum()
-        mean = (hist * values).sum() / total
-        var = (hist * (values - mean) ** 2).sum() / total
-        means.append(float(mean))
-        stds.append(float(var.sqrt()))
-    return means, stds
-
-
-def summarize(splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-              classes: Sequence[str]) -> dict:
-    """JSON-ready description of prepared splits (normalisation stats come from "train")."""
-    train_x = splits["train"][0]
-    out_splits = {}
-    for name, (x, y) in splits.items():
-        mean, std = _channel_stats(x)
-        counts = torch.bincount(y.to("cpu", torch.int64), minlength=len(classes)).tolist() \
-            if len(y) else [0] * len(classes)
-        out_splits[name] = {"size": int(len(y)), "class_counts": counts, "mean": mean, "std": std}
-    return {
-        "num_classes": len(classes),
-        "classes": list(classes),
-        "shape": [int(s) for s in train_x.shape[1:]],
-        "mean": out_splits["train"]["mean"],
-        "std": out_splits["train"]["std"],
-        "splits": out_splits,
-    }
-
-
-def summary_tables(summary: Mapping) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(splits table, class table) of a summary, for validation and reporting.
-
-    splits: one row per split — split, size, channels, height, width, mean, std (channel
-    averages). classes: one row per (split, label) in each split's class_counts — split, label,
-    count (zero counts included).
-    """
-    import pandas as pd  # only here: training processes (and a GPU image without pandas) never need it
-    channels, height, width = (list(summary["shape"]) + [None, None, None])[:3]
-    split_rows, class_rows = [], []
-    for name, info in summary["splits"].items():
-        mean, std = list(info["mean"]), list(info["std"])
-        split_rows.append({
-            "split": name, "size": info["size"],
-            "channels": channels, "height": height, "width": width,
-            "mean": float(np.mean(mean)) if mean else float("nan"),
-            "std": float(np.mean(std)) if std else float("nan"),
-        })
-        for label, count in enumerate(info["class_counts"]):
-            class_rows.append({"split": name, "label": label, "count": count})
-    splits_df = pd.DataFrame(split_rows, columns=["split", "size", "channels", "height", "width",
-                                                  "mean", "std"])
-    classes_df = pd.DataFrame(class_rows, columns=["split", "label", "count"])
-    return splits_df, classes_df
-
-
-# ----------------------------------------------------------------------------------------------
-# Prepared files
-
-
-def save_prepared(out_dir: str | os.PathLike,
-                  splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-                  summary: Mapping) -> None:
-    """Write <out_dir>/{train,val,test}.safetensors ("x" uint8, "y" int64), then summary.json."""
-    out = Path(out_dir)
-    missing = [s for s in SPLITS if s not in splits]
-    if missing:
-        raise ValueError(f"save_prepared: splits {missing} missing, expected {list(SPLITS)}")
-    for name in SPLITS:
-        x, y = splits[name]
-        save_tensors(out / f"{name}.safetensors",
-                     {"x": x.to(torch.uint8), "y": y.to(torch.int64)}, metadata={"split": name})
-    write_json(out / "summary.json", dict(summary))
-
-
-def check_prepared_for(summary: Mapping, cfg: Mapping, where: str | os.PathLike) -> None:
-    """Refuse prepared data made for other data settings: summary["config"] holds the settings
-    prepare read (dotted keys, e.g. "data.limit_train", "seed"); each must equal the run's."""
-    from .config import get
-
-    recorded = summary.get("config")
-    if not isinstance(recorded, Mapping) or not recorded:
-        raise DataError(f"{where}: records no data settings (made by an older prepare); rerun prepare "
-                        "(dvc repro prepare)")
-    here = {k: get(cfg, k, "(missing)") for k in recorded}
-    differ = [f"{k}={recorded[k]!r} there, {here[k]!r} here" for k in sorted(recorded) if here[k] != recorded[k]]
-    if differ:
-        raise DataError(f"{where} was made for other data settings ({'; '.join(differ)}); prepare it for "
-                        "these (dvc repro prepare, or dvc exp run with them), or run with the settings it was made for")
-
-
-def load_prepared(out_dir: str | os.PathLike
-                  ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict]:
-    """(splits, summary) as written by save_prepared."""
-    out = Path(out_dir)
-    splits = {}
-    for name in SPLITS:
-        path = out / f"{name}.safetensors"
-        if not path.is_file():
-            raise DataError(f"{path}: missing prepared split, expected a safetensors file with "
-                            "'x' (uint8) and 'y' (int64)")
-        try:
-            tensors = load_tensors(path)
-        except Exception as err:
-            raise DataError(f"{path}: cannot read safetensors ({type(err).__name__}: {err})") \
-                from None
-        if set(tensors) != {"x", "y"}:
-            raise DataError(f"{path}: holds tensors {sorted(tensors)}, expected ['x', 'y']")
-        splits[name] = (tensors["x"], tensors["y"])
-    path = out / "summary.json"
-    if not path.is_file():
-        raise DataError(f"{path}: missing prepared summary, expected the JSON from save_prepared")
-    try:
-        summary = read_json(path)
-    except ValueError as err:
-        raise DataError(f"{path}: invalid JSON ({err})") from None
-    return splits, summary
-
-
-# ----------------------------------------------------------------------------------------------
-# Batches
-
-
-def normalize(x_uint8: torch.Tensor, mean: Sequence[float] | torch.Tensor,
-              std: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """(x/255 - mean[c]) / std[c] as float32 on x's device; x is [..., C, H, W]."""
-    if x_uint8.dim() < 3:
-        raise ValueError(f"normalize expects [..., C, H, W], got {list(x_uint8.shape)}")
-    c = x_uint8.shape[-3]
-    m = torch.as_tensor(mean, dtype=torch.float32).to(x_uint8.device).reshape(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).to(x_uint8.device).reshape(-1, 1, 1)
-    if m.shape[0] != c or s.shape[0] != c:
-        raise ValueError(f"normalize: {c} channels but {m.shape[0]} means and {s.shape[0]} stds")
-    return (x_uint8.to(torch.float32) / 255.0 - m) / s
-
-
-class Normalize:
-    """`normalize` with the constants put on the device once, so a batch costs no host-to-device copy."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str):
-        self.mean = torch.tensor(list(mean), dtype=torch.float32, device=device)
-        self.std = torch.tensor(list(std), dtype=torch.float32, device=device)
-
-    def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        return normalize(x_uint8, self.mean, self.std)
-
-
-def augment(x: torch.Tensor, generator: torch.Generator, padding: int, flip: bool) -> torch.Tensor:
-    """Random crop (zero padding `padding`, 0 = none) and random horizontal flip of a batch.
-
-    x is [N, C, H, W] of any dtype on any device; the random numbers come from `generator` (crop
-    offsets first, then flips) on the generator's own device, so results depend only on its state,
-    and a generator on x's device (CUDA) makes no host-to-device copy. With padding 0 and flip False,
-    x itself is returned.
-    """
-    if x.dim() != 4:
-        raise ValueError(f"augment expects [N, C, H, W], got {list(x.shape)}")
-    if padding < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
-    if padding == 0 and not flip:
-        return x
-    n, c, h, w = x.shape
-    dev, gdev = x.device, generator.device
-    rows = torch.arange(h, device=dev).expand(n, h)
-    cols = torch.arange(w, device=dev).expand(n, w)
-    source = x
-    if padding > 0:
-        oy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=gdev)
-        ox = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=gdev)
-        rows = rows + oy.to(dev)
-        cols = cols + ox.to(dev)
-        source = x.new_zeros((n, c, h + 2 * padding, w + 2 * padding))
-        source[:, :, padding:padding + h, padding:padding + w] = x
-    if flip:
-        flipped = (torch.rand((n, 1), generator=generator, device=gdev) < 0.5).to(dev)
-        cols = torch.where(flipped, cols.flip(1), cols)
-    n_idx = torch.arange(n, device=dev).view(n, 1, 1, 1)
-    c_idx = torch.arange(c, device=dev).view(1, c, 1, 1)
-    return source[n_idx, c_idx, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]

@@ -1,0 +1,131 @@
+"""Mini-batches on the training device.
+
+A data set that fits in memory lives on the device as uint8 tensors (`Batches`); each epoch's order
+and augmentation come from a generator seeded by (seed, epoch), so an epoch is the same whether the
+run was interrupted or not, and there is no hidden RNG state to carry. `normalize` and `augment`
+turn a batch into training inputs on whatever device it lives on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Iterator, Sequence
+
+import torch
+
+
+def normalize(x_uint8: torch.Tensor, mean: Sequence[float] | torch.Tensor,
+              std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """(x/255 - mean[c]) / std[c] as float32 on x's device; x is [..., C, H, W]."""
+    if x_uint8.dim() < 3:
+        raise ValueError(f"normalize expects [..., C, H, W], got {list(x_uint8.shape)}")
+    c = x_uint8.shape[-3]
+    m = torch.as_tensor(mean, dtype=torch.float32).to(x_uint8.device).reshape(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).to(x_uint8.device).reshape(-1, 1, 1)
+    if m.shape[0] != c or s.shape[0] != c:
+        raise ValueError(f"normalize: {c} channels but {m.shape[0]} means and {s.shape[0]} stds")
+    return (x_uint8.to(torch.float32) / 255.0 - m) / s
+
+
+class Normalize:
+    """`normalize` with the constants put on the device once, so a batch costs no host-to-device copy."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str):
+        self.mean = torch.tensor(list(mean), dtype=torch.float32, device=device)
+        self.std = torch.tensor(list(std), dtype=torch.float32, device=device)
+
+    def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        return normalize(x_uint8, self.mean, self.std)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, padding: int, flip: bool) -> torch.Tensor:
+    """Random crop (zero padding `padding`, 0 = none) and random horizontal flip of a batch.
+
+    x is [N, C, H, W] of any dtype on any device; the random numbers come from `generator` (crop
+    offsets first, then flips) on the generator's own device, so results depend only on its state,
+    and a generator on x's device (CUDA) makes no host-to-device copy. With padding 0 and flip False,
+    x itself is returned.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"augment expects [N, C, H, W], got {list(x.shape)}")
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    if padding == 0 and not flip:
+        return x
+    n, c, h, w = x.shape
+    dev, gdev = x.device, generator.device
+    rows = torch.arange(h, device=dev).expand(n, h)
+    cols = torch.arange(w, device=dev).expand(n, w)
+    source = x
+    if padding > 0:
+        oy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=gdev)
+        ox = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=gdev)
+        rows = rows + oy.to(dev)
+        cols = cols + ox.to(dev)
+        source = x.new_zeros((n, c, h + 2 * padding, w + 2 * padding))
+        source[:, :, padding:padding + h, padding:padding + w] = x
+    if flip:
+        flipped = (torch.rand((n, 1), generator=generator, device=gdev) < 0.5).to(dev)
+        cols = torch.where(flipped, cols.flip(1), cols)
+    n_idx = torch.arange(n, device=dev).view(n, 1, 1, 1)
+    c_idx = torch.arange(c, device=dev).view(1, c, 1, 1)
+    return source[n_idx, c_idx, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The random source of one epoch (order, augmentation), seeded by (seed, epoch): on the CPU, or
+    on the data's CUDA device so that no random number crosses to the device inside a step (a CUDA
+    generator with the same seed draws other numbers than the CPU's: results are per machine kind)."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+
+
+def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+@dataclass
+class Batches:
+    """Mini-batches of a tensor data set held on one device."""
+
+    x: torch.Tensor  # uint8 [N, C, H, W]
+    y: torch.Tensor  # int64 [N]
+    mean: list[float]
+    std: list[float]
+    batch_size: int
+    shuffle: bool = False
+    drop_last: bool = False
+    seed: int = 0
+    padding: int = 0
+    flip: bool = False
+    rank: int = 0        # under DDP each rank takes its share of every (global) batch
+    world_size: int = 1
+    _normalize: Normalize = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._normalize = Normalize(self.mean, self.std, self.x.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def __len__(self) -> int:
+        return batches_per_epoch(self.x.shape[0], self.batch_size, self.drop_last)
+
+    def plain(self) -> "Batches":
+        """The same split in order, without augmentation, whole on every rank (BN recalibration)."""
+        return replace(self, shuffle=False, padding=0, flip=False, rank=0, world_size=1)
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.x.shape[0]
+        g = epoch_generator(self.seed, epoch, self.x.device)
+        order = torch.randperm(n, generator=g, device=g.device) if self.shuffle else None
+        for i in range(len(self)):
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx = order[sl] if order is not None else sl
+            xb, yb = self.x[idx], self.y[idx]
+            if self.padding or self.flip:
+                xb = augment(xb, g, self.padding, self.flip)  # the whole batch, so every rank's RNG agrees
+            if self.world_size > 1:
+                xb, yb = xb[self.rank::self.world_size], yb[self.rank::self.world_size]
+            yield self._normalize(xb), yb
