@@ -42,13 +42,15 @@ sys.path.insert(0, str(ROOT / "src"))
 SMOKE = "fashion_mnist_resnet_smoke"
 GAIN = "fashion_mnist_resnet"
 PARITY_CHAIN = ["prepare", "dense", "sparse_baseline", "warmup", "tickets", "superpose", "evaluate"]
-GAIN_CHAIN = ["sparse_baseline", "warmup", "tickets", "superpose", "evaluate"]  # dense does not depend on density
+# dense does not depend on density; each job prepares its own seed's split (data/prepared records its seed)
+GAIN_CHAIN = ["prepare", "sparse_baseline", "warmup", "tickets", "superpose", "evaluate"]
 EVALUATE_KEYS = ("target_density", "test_acc", "test_loss", "density", "gain")
 MIN_ACC = 0.2          # "sane": at least twice chance (10 classes)
 NOT_ON_GPU_IMAGE = ("wandb", "dvc")  # neither is installed on the GPU machine, nor carried
-# A dry run: the same parity and gain chains at toy size (400 images, quarter width, 3 epochs).
-DRY = ["data.limit_train=400", "data.limit_test=200", "model.width=0.25", "train.epochs=3",
-            "train.batch_size=32", "tickets.cycle_rate=0.67", "dst.update_frequency=5"]
+# A dry run: the same parity and gain chains at toy size (800 images, quarter width, 6 epochs: 4 of
+# warmup and 2 cycles, enough for every model to clear the accuracy check).
+DRY = ["data.limit_train=800", "data.limit_test=200", "model.width=0.25", "train.epochs=6",
+       "train.batch_size=32", "tickets.cycle_rate=0.34", "dst.update_frequency=5"]
 EPOCH_LINE = re.compile(r"^\w+ epoch \d+/\d+: loss", re.M)
 NONDETERMINISTIC = re.compile(r"([\w.]+) does not have a deterministic implementation")
 
@@ -248,13 +250,15 @@ def markdown(d: dict) -> str:
               f"status: {t.get('status', 'not started')}", ""]
     if t.get("results"):
         lines += ["| model | dense | masked | masked/dense (goal ≥ 0.97) | with RigL updates | DataLoader | "
-                  "resident/DataLoader | MFU dense | masks exact |", "|---|---|---|---|---|---|---|---|---|"]
+                  "resident/DataLoader | MFU dense | masks exact | host→device copies per step (goal 0) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in t["results"]:
             ips = r["images_per_s"]
             lines.append(f"| {r['model']} | {ips['dense_resident']:.0f} | {ips['masked_resident']:.0f} | "
                          f"{r['masked_over_dense']:.3f}{goal(r['masked_over_dense'])} | "
                          f"{r['masked_with_updates_over_dense']:.3f} | {ips['dense_dataloader']:.0f} | "
-                         f"{r['resident_over_dataloader']:.2f} | {100 * r['mfu']['dense_resident']:.1f}% | {r['masks_exact']} |")
+                         f"{r['resident_over_dataloader']:.2f} | {100 * r['mfu']['dense_resident']:.1f}% | {r['masks_exact']} | "
+                         f"{'—' if r.get('h2d_copies_per_masked_step') is None else r['h2d_copies_per_masked_step']} |")
         lines.append("")
     g = d.get("gain", {})
     lines += ["## c. Gain of superposition (superposed − sparse_baseline, test accuracy)", "",
@@ -312,8 +316,10 @@ def expected_density(cfg: dict, prepared: Path) -> float:
 
 
 def chain_cmd(overrides: list[str], chain: list[str], importtime: bool = False) -> list[str]:
+    """The chain of stages in the job's own folder (its working directory: `hydra.run.dir=.`, where
+    a run by hand would otherwise open a run folder of its own under outputs/)."""
     return [sys.executable, *(["-X", "importtime"] if importtime else []), str(ROOT / "stages/chain.py"),
-            *overrides, f"+chain=[{','.join(chain)}]"]
+            *overrides, f"+chain=[{','.join(chain)}]", "hydra.run.dir=."]
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
@@ -445,10 +451,10 @@ def gain(args, env: dict, report: Report, deadline: float, prepared: Job) -> Non
         return
     device = "cpu" if args.dry_run else "cuda"
     base = [f"experiment={GAIN}", f"device={device}", "threads=1", "tracking.wandb.mode=disabled",
-            *(DRY if args.dry_run else []), *args.overrides]
+            *(DRY if args.dry_run else []), *args.overrides, *args.data_root_override]
     cfg = compose(base)
     part.update({"overrides": base, "epochs": cfg["train"]["epochs"], "parallel": args.parallel,
-                 "data": "one prepared split (seed 0's validation carve-out) for every seed; test = the official test split"})
+                 "data": "each seed's own split (its validation carve-out); test = the official test split"})
     jobs, meta = [], {}
     for seed in range(args.seeds):
         for d in args.densities:

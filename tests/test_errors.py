@@ -61,8 +61,8 @@ def test_a_model_file_of_another_architecture_is_one_line_exit_2(small_prepared,
     proc = stage(project, "evaluate")
     assert proc.returncode == 2, proc.stderr
     (line,) = error_lines(proc)
-    assert line.startswith("error: evaluate: models/dense.safetensors: does not fit model MLP of this config: "
-                           "wrong shape net.1.weight [16, 784] (expected [64, 784])"), line
+    assert line.startswith("error: evaluate: models/dense.safetensors: does not fit model MLP: "
+                           "net.1.weight: shape (16, 784), expected (64, 784)"), line
     assert tree(project) == before
 
 

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
-from conftest import ROOT, run
+from conftest import error_lines, ROOT, run
 from suptickets import runtime, sparse
 from suptickets.artifacts import load_tensors, save_tensors
 from suptickets.batches import normalize
@@ -256,7 +256,7 @@ def test_the_stage_refuses_a_model_of_another_architecture_and_writes_nothing(sm
     proc = run(smoke_repo, "python", "stages/export.py", "experiment=smoke", "model.hidden=[16]",
                "tracking.wandb.mode=disabled", check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    lines = error_lines(proc)  # (its log lines go to stderr too)
     assert len(lines) == 1 and lines[0].startswith("error: export: models/superposed.safetensors: does not fit"), lines
     assert [hashlib.md5(p.read_bytes()).hexdigest() for p in outputs] == before
     assert not list((smoke_repo / "models").glob(".*.tmp"))

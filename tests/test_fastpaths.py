@@ -230,6 +230,7 @@ HIDE_PACKAGES = textwrap.dedent("""
             return getattr(self.inner, attr)
     sys.meta_path[:] = [Hide(f) for f in sys.meta_path]
     sys.argv = sys.argv[1:]
+    sys.path.insert(0, sys.argv[0].rsplit("/", 1)[0])  # as `python script.py` does: its folder importable
     runpy.run_path(sys.argv[0], run_name="__main__")
 """)
 

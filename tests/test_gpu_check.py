@@ -59,7 +59,7 @@ def test_dry_run_reports_parity_throughput_and_gain(tmp_path):
         assert set(EVALUATE_KEYS) <= set(e)
         assert set(e["test_acc"]) == {"dense", "sparse_baseline", "warmup", "ticket_01", "ticket_02", "superposed",
                                       "ticket_ensemble"}
-        assert r["epochs_done"] == r["epochs_total"] == 12  # dense 4, sparse_baseline 4, warmup 2 + tickets 2
+        assert r["epochs_done"] == r["epochs_total"] == 18  # dense 6, sparse_baseline 6, warmup 4 + tickets 2
     tickets = json.loads((tmp_path / "work/parity_a/metrics/tickets.json").read_text())["tickets"]
     assert all(0 < t["jaccard_prev"] < 1 for t in tickets.values())  # masks compared name by name
 
@@ -74,7 +74,7 @@ def test_dry_run_reports_parity_throughput_and_gain(tmp_path):
     assert [(j["density"], j["seed"]) for j in jobs] == [(0.05, 0), (0.02, 0), (0.05, 1), (0.02, 1)]
     for j in jobs:
         assert j["status"] == "done" and j["densities_exact"], j
-        assert j["epochs_done"] == j["epochs_total"] == 6  # sparse_baseline 3, warmup 1 + tickets 2
+        assert j["epochs_done"] == j["epochs_total"] == 12  # sparse_baseline 6, warmup 4 + tickets 2
         assert j["row"] == row(j["evaluate"])
         assert j["evaluate"]["target_density"] == j["density"]
     for density, key in ((0.05, "0.05"), (0.02, "0.02")):

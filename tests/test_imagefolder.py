@@ -156,15 +156,17 @@ def test_imagenet_resnet50_stem_and_no_weight_decay_on_batchnorm():
 @pytest.mark.e2e
 def test_the_dag_runs_on_an_image_folder_under_two_processes(tmp_path, tree):
     """The suite's one two-process DAG: the whole DAG on an ImageFolder tree through `dvc exp run`,
-    the training stages re-launched under torchrun with 2 gloo ranks (global batch 8, 4 per rank), a
-    spawned DataLoader worker per rank, with the ImageNet recipe's pieces (label smoothing, lr
-    warm-up, no weight decay on BatchNorm); ranks hold identical masks and weights at every topology
-    update, only rank 0 writes (one W&B run per stage)."""
+    the training stages re-launched under torchrun with 2 gloo ranks (global batch 8, 4 per rank), with
+    the ImageNet recipe's pieces (label smoothing, lr warm-up, no weight decay on BatchNorm); ranks hold
+    identical masks and weights at every topology update, only rank 0 writes (one W&B run per stage).
+    Images are decoded in each rank's own process (data.workers=0): spawned DataLoader workers give the
+    same batches, tested above without a DAG."""
     repo = make_repo(tmp_path / "repo")
     overrides = ["experiment=smoke", "data=imagenet", f"data.root={tree}", "data.val_fraction=0.25",
-                 "data.workers=1", "data.folder.image_size=24", "data.folder.resize_size=28",
+                 "data.workers=0", "data.folder.image_size=24", "data.folder.resize_size=28",
                  "train.batch_size=8", "train.eval_batch_size=16", "train.lr_warmup_epochs=1",
                  "train.label_smoothing=0.1", "train.weight_decay_bn=false", "threads=1",
+                 "train.epochs=4", "tickets.cycle_rate=0.25",  # 3 epochs of warmup, 1 ticket
                  "launcher.nproc_per_node=2", "launcher.check_sync=true"]
     args = [a for o in overrides for a in ("-S", o)]
     proc = run(repo, "dvc", "exp", "run", *args, timeout=1200)
@@ -177,7 +179,7 @@ def test_the_dag_runs_on_an_image_folder_under_two_processes(tmp_path, tree):
     summary = json.loads((repo / "data/prepared/summary.json").read_text())
     assert summary["format"] == "folder" and summary["shape"] == [3, 24, 24]
     m = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert {"dense", "sparse_baseline", "superposed", "ticket_01", "ticket_02"} <= set(m["test_acc"])
+    assert {"dense", "sparse_baseline", "superposed", "ticket_01"} <= set(m["test_acc"])
     assert m["test_acc"]["dense"] >= 0.5, (m, out[-2000:])  # 4 colours: chance is 0.25
     assert json.loads((repo / "metrics/sparse_baseline.json").read_text())["val_acc"] >= 0.5
     assert len(list((repo / "wandb").glob("offline-run-*"))) == len(STAGES), "only rank 0 logs to W&B"

@@ -20,7 +20,8 @@ CHAIN = "+chain=[dense,sparse_baseline,warmup,tickets,superpose,evaluate]"
                          ids=["set", "density-0.02"])
 def test_a_method_or_density_variant_trains_to_its_exact_budget(small_prepared, tmp_path, overrides, density):
     shutil.copytree(small_prepared, tmp_path / "data" / "prepared")
-    proc = subprocess.run([sys.executable, str(ROOT / "stages/chain.py"), *SMALL, "train.epochs=4", CHAIN,
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/chain.py"), *SMALL, "train.epochs=6", "train.batch_size=16",
+                           CHAIN,
                            *overrides, "hydra.run.dir=."], cwd=tmp_path, capture_output=True, text=True,
                           timeout=600, env=STAGE_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -35,4 +36,4 @@ def test_a_method_or_density_variant_trains_to_its_exact_budget(small_prepared, 
         empty = json.loads((tmp_path / "metrics/superpose.json").read_text())["empty_layers"]
         assert empty or m["test_acc"]["superposed"] > 0.3
     tickets = json.loads((tmp_path / "metrics/tickets.json").read_text())
-    assert tickets["n_tickets"] == 1 and set(tickets["tickets"]) == {"ticket_01"}
+    assert tickets["n_tickets"] == 2 and set(tickets["tickets"]) == {"ticket_01", "ticket_02"}
