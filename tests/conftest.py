@@ -11,6 +11,7 @@ suite's few end-to-end runs, each made once and shared by every test that only r
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -52,16 +54,37 @@ def make_repo(dest: Path) -> Path:
     return copy_project(dest)
 
 
+def once(tmp_path_factory, name: str, build: Callable[[Path], object]):
+    """What `build(folder)` returns (JSON), built once per test session: under pytest-xdist (`make
+    test` runs the suite in a process per core) the workers share it — the first to ask builds it
+    under a file lock, the others wait for it and reuse it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each worker's own
+    folder, done = base / name, base / f"{name}.json"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            done.write_text(json.dumps(build(folder)))
+    return json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def smoke_repo(tmp_path_factory) -> Path:
     """The project copied into a new repo, after `dvc exp run -S experiment=smoke` (its log in
     exp_run.log, which git ignores through .git/info/exclude). Shared: tests only read it."""
-    repo = make_repo(tmp_path_factory.mktemp("smoke") / "repo")
-    proc = run(repo, "dvc", "exp", "run", "-S", "experiment=smoke")
-    (repo / "exp_run.log").write_text(proc.stdout + proc.stderr)
-    with open(repo / ".git/info/exclude", "a") as f:
-        f.write("exp_run.log\n")
-    return repo
+    def build(folder: Path) -> str:
+        repo = make_repo(folder / "repo")
+        proc = run(repo, "dvc", "exp", "run", "-S", "experiment=smoke")
+        (repo / "exp_run.log").write_text(proc.stdout + proc.stderr)
+        with open(repo / ".git/info/exclude", "a") as f:
+            f.write("exp_run.log\n")
+        return str(repo)
+
+    return Path(once(tmp_path_factory, "smoke", build))
 
 
 def copy_repo(source: Path, dest: Path, keep: tuple[str, ...] = ()) -> Path:
@@ -112,9 +135,16 @@ def resume_pair(tmp_path_factory) -> dict:
     """The same longer smoke run twice, in fresh copies of the project: uninterrupted, and SIGKILLed
     in warmup and again in tickets, then rerun with `dvc repro` (its output in `log`). The two run
     side by side. Returns {"uninterrupted": repo, "resumed": repo, "log": str}."""
+    def build(base: Path) -> dict:
+        return {k: str(v) for k, v in make_resume_pair(base).items()}
+
+    pair = once(tmp_path_factory, "resume", build)
+    return {"uninterrupted": Path(pair["uninterrupted"]), "resumed": Path(pair["resumed"]), "log": pair["log"]}
+
+
+def make_resume_pair(base: Path) -> dict:
     from project_copy import compose_params
 
-    base = tmp_path_factory.mktemp("resume")
     repos = {name: make_repo(base / name) for name in ("uninterrupted", "resumed")}
     for repo in repos.values():
         compose_params(ROOT, RESUME_PARAMS, repo / "params.yaml")
@@ -149,13 +179,16 @@ def queued_repo(smoke_repo, tmp_path_factory) -> Path:
     """A copy of the smoke run where the README's queue example (tests/test_readme.py checks the
     README holds it) queues one more experiment, seed 1, and the queue runs it beside the existing
     one. The queue workers outlive `dvc queue start`, so its output goes to a file, not a pipe."""
-    repo = copy_repo(smoke_repo, tmp_path_factory.mktemp("queued") / "repo")
-    run(repo, "bash", "-c", README_QUEUE[0])
-    with open(repo / ".dvc" / "tmp" / "queue_start.log", "w") as log:
-        subprocess.run(["bash", "-c", README_QUEUE[1]], cwd=repo, env=env_for(repo), stdout=log,
-                       stderr=subprocess.STDOUT, check=True, timeout=120)
-    wait_for_queue(repo)
-    return repo
+    def build(folder: Path) -> str:
+        repo = copy_repo(smoke_repo, folder / "repo")
+        run(repo, "bash", "-c", README_QUEUE[0])
+        with open(repo / ".dvc" / "tmp" / "queue_start.log", "w") as log:
+            subprocess.run(["bash", "-c", README_QUEUE[1]], cwd=repo, env=env_for(repo), stdout=log,
+                           stderr=subprocess.STDOUT, check=True, timeout=120)
+        wait_for_queue(repo)
+        return str(repo)
+
+    return Path(once(tmp_path_factory, "queued", build))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,7 +219,9 @@ def tree(folder: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="session")
 def small_prepared(tmp_path_factory) -> Path:
     """data/prepared of the SMALL settings, made by the real prepare stage (written in place)."""
-    folder = tmp_path_factory.mktemp("prepared")
-    proc = run_stage(folder, "prepare", "hydra.run.dir=.")
-    assert proc.returncode == 0, proc.stderr
-    return folder / "data" / "prepared"
+    def build(folder: Path) -> str:
+        proc = run_stage(folder, "prepare", "hydra.run.dir=.")
+        assert proc.returncode == 0, proc.stderr
+        return str(folder / "data" / "prepared")
+
+    return Path(once(tmp_path_factory, "prepared", build))
