@@ -355,3 +355,22 @@ def test_model_files_are_read_strictly_naming_the_key_and_the_file(tmp_path):
         assert str(path) in str(err.value) and message in str(err.value), str(err.value)
         with pytest.raises(ValueError, match=message.split(":")[0]):
             load_model(path, fresh())
+
+
+@pytest.mark.parametrize("method", ["set", "rigl"])
+def test_re_explore_after_the_first_step_of_each_cycle_regrows_at_zero_weight_and_momentum(method):
+    """The cycles' re-explore (`ReExplore`) follows the same order: after the first optimizer step of
+    each cycle, prune and regrow (at random for SET, by that step's dense gradient for RigL); the
+    regrown positions hold weight 0 and momentum 0 until the next step, each layer keeps its count,
+    and nothing else changes the masks within a cycle."""
+    from suptickets.sparsity.engine import ReExplore
+
+    model, opt, train, val, _, masked = setup(method)
+    counts = [int(m.sum()) for m in masked.masks]
+    rule = ReExplore(first_epoch=0, length=2, rate=0.5, method=method, seed=0)
+    checked = Checked(rule, masked, opt)
+    train_epochs(model, opt, train, val, epochs=range(4), step=0, lr_at=lambda e, i: 0.05, masked=masked,
+                 topology=checked)
+    assert checked.updates == 2  # epochs 0 and 2 start a cycle
+    assert [int(m.sum()) for m in masked.masks] == counts
+    outside_is_zero(masked)
