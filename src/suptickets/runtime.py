@@ -125,11 +125,8 @@ def read_model_file(path: str | os.PathLike, model: nn.Module) -> tuple[dict, di
 
 def load_model(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     """Load a model file (weights + masks) into a freshly built model of the same architecture."""
-    state, masks = read_model_file(path, model)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise BadModelFile(f"{path}: does not fit model {type(model).__name__}: {str(err).splitlines()[0]}") from None
+    state, masks = read_model_file(path, model)  # checked: strict loading cannot fail on keys or shapes
+    model.load_state_dict(state, strict=True)
     if masks:
         attach_masks(model, masks)
     return model

@@ -10,7 +10,6 @@ import hashlib
 import json
 from typing import Any, Sequence
 
-from .choices import WANDB_MODES
 
 SECRET_WORDS = ("key", "token", "secret", "password")
 NOT_SETTINGS = ("tracking", "chain")  # where results go and which stages run, not what they compute

@@ -19,7 +19,6 @@ from torch import nn
 from tqdm import tqdm
 
 from .batches import Batches
-from .choices import AMP_MODES, DEVICES
 from .errors import ConfigError, TrainingDiverged
 from .sparsity.engine import Masked, Topology, masks_of
 from .sparsity.masks import densities
@@ -64,7 +63,7 @@ class Speed:
     """The training fast paths (`train.amp`, `train.channels_last`, `train.compile`); all off is the
     plain fp32 path. Masks, gradients and the optimizer stay fp32 either way."""
 
-    amp: str = "none"  # one of AMP_MODES
+    amp: str = "none"  # one of choices.AMP_MODES
     channels_last: bool = False
     compile: bool = False
 
@@ -116,7 +115,7 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def progress_postfix(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, lr: float,
                      masked: Masked | None) -> dict[str, str]:
     """What the progress bar shows: this epoch's running loss and accuracy (this rank), lr, density."""
-    density = 1.0 if masked is None else densities(masks_of(masked.model))[0]
+    density = 1.0 if masked is None else masked.active() / masked.total()
     return {"loss": f"{loss_sum.item() / max(seen, 1):.4f}", "acc": f"{correct.item() / max(seen, 1):.4f}",
             "lr": f"{lr:.4g}", "density": f"{density:.4f}"}
 

@@ -26,6 +26,7 @@ from ..choices import GROW_RULE
 from ..schedules import prune_window
 from . import MASK_BUFFER
 from .dst import cubic_density, global_magnitude_prune, prune_and_regrow, prune_rate_at
+from .masks import count
 from .masks import layer_counts, random_mask
 
 
@@ -170,7 +171,7 @@ class Masked:
         self.set_masks(new)
 
     def active(self) -> int:
-        return int(sum(m.sum() for m in self.masks).item())
+        return count(self.masks)  # exact: a float32 sum of the masks rounds past 2^24 entries
 
     def total(self) -> int:
         return sum(m.numel() for m in self.masks)

@@ -209,8 +209,9 @@ def densities(masks: Mapping[str, Tensor]) -> tuple[float, dict[str, float]]:
     (nothing is masked: a dense model)."""
     if not masks:
         return 1.0, {}
-    layers = {name: int(torch.count_nonzero(m)) / m.numel() for name, m in masks.items()}
-    return count(masks.values()) / sum(m.numel() for m in masks.values()), layers
+    active = {name: int(torch.count_nonzero(m)) for name, m in masks.items()}
+    layers = {name: active[name] / m.numel() for name, m in masks.items()}
+    return sum(active.values()) / sum(m.numel() for m in masks.values()), layers
 
 
 def jaccard(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
