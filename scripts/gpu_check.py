@@ -585,8 +585,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files (default: the project's data.root)")
     ap.add_argument("--seeds", type=int, help="seeds planned for the gain (8, dry run 2; as many run as fit)")
     ap.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.02])
-    ap.add_argument("--parallel", type=int, help="gain runs at once on the GPU (default: 2; an H200 served ~0.33 epochs/s in all "
-                    "with 2, 4 or 12, so more only finish later; dry run: 2)")
+    ap.add_argument("--parallel", type=int, default=2, help="gain runs at once on the GPU (default: 2; an H200 served "
+                    "~0.33 epochs/s in all with 2, 4 or 12, so more only finish later)")
     ap.add_argument("-S", dest="overrides", action="append", default=[], help="extra override for the gain runs")
     ap.add_argument("--parity-s", type=float, default=150.0, help="time limit of the parity part")
     ap.add_argument("--throughput-s", type=float, default=120.0, help="time limit of the throughput part")
@@ -598,10 +598,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise CheckError(f"--seeds={args.seeds} --densities={args.densities}: expected >= 1 seed and densities in (0, 1]")
     if args.data_root and not Path(args.data_root).is_dir():
         raise CheckError(f"--data-root={args.data_root}: no such folder (scripts/gpu_check_prepare.sh fills .gpu_carry/)")
-    if args.parallel is not None and args.parallel < 1:
+    if args.parallel < 1:
         raise CheckError(f"--parallel={args.parallel}: expected an integer >= 1")
-    if args.parallel is None:
-        args.parallel = 2
     if args.seeds is None:
         args.seeds = 2 if args.dry_run else 8
     args.data_root_override = [f"data.root='{Path(args.data_root).resolve()}'"] if args.data_root else []
