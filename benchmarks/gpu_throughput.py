@@ -33,13 +33,12 @@ import argparse
 import importlib.machinery
 import importlib.util
 import json
-import statistics
 import sys
 import time
 import types
 from pathlib import Path
 
-import _common  # noqa: F401  (first: the environment defaults, before torch loads)
+import _common  # first: the environment defaults, before torch loads; this checkout's src/ on sys.path
 
 CIFAR = {"resnet50": (100, [0.507, 0.487, 0.441], [0.267, 0.256, 0.276]),
          "resnet32": (10, [0.491, 0.482, 0.447], [0.247, 0.243, 0.262])}
@@ -87,10 +86,6 @@ def stub_missing_modules() -> list[str]:
     return stubbed
 
 
-def median(xs):
-    return statistics.median(xs)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -126,8 +121,6 @@ def main(argv=None) -> int:
     import torchvision  # noqa: F401  (imports torch._dynamo, which probes installed packages)
 
     stubbed = stub_missing_modules()
-    if not _installed("suptickets"):  # a bare checkout: use its src/
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
     if args.dry_run:
         device = torch.device("cpu")
@@ -296,7 +289,7 @@ def bench_model(model_name: str, args, device) -> dict:
         sparse["masked"].mask_grads()
         sparse["opt"].step()
         sparse["masked"].apply()
-    update_s = median(update_times)
+    update_s = _common.median(update_times)
     # host-to-device copies inside a masked step (goal: none; normalisation constants, augmentation
     # randomness and the data live on the device), counted by the CUDA profiler over 10 steps
     h2d_per_step = None
@@ -309,8 +302,8 @@ def bench_model(model_name: str, args, device) -> dict:
     # masks still exact after all that
     exact = all(bool((w[m == 0] == 0).all()) for w, m in zip(sparse["masked"].weights, sparse["masked"].masks))
 
-    ips = {v: args.batch * args.steps / median(t[3]) for v, t in variants.items()}
-    step_masked = median(variants["masked_resident"][3]) / args.steps
+    ips = {v: args.batch * args.steps / _common.median(t[3]) for v, t in variants.items()}
+    step_masked = _common.median(variants["masked_resident"][3]) / args.steps
     ips["masked_resident_with_updates"] = args.batch / (step_masked + update_s / freq)
 
     def mfu(v):

@@ -23,18 +23,11 @@ from typing import Iterator, Mapping
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from suptickets.comparison import GAINS, MODELS, summary  # noqa: E402
+from suptickets.config import get  # noqa: E402
 
 SETTINGS = {"method": "dst.method", "density": "dst.density", "seed": "seed", "lr_max": "tickets.lr_max"}
 HEADER = ["experiment", *SETTINGS, *(f"{m} %" for m in MODELS), "gain vs sparse_baseline (pts)",
           "gain vs best ticket (pts)"]
-
-
-def _get(tree: Mapping, dotted: str):
-    for part in dotted.split("."):
-        if not isinstance(tree, Mapping) or part not in tree:
-            return None
-        tree = tree[part]
-    return tree
 
 
 def _figures(metrics: Mapping, method) -> dict:
@@ -69,7 +62,7 @@ def rows(shown: list) -> list[dict]:
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
         if not params:
             continue
-        row = {"experiment": label, **{k: _get(params, key) for k, key in SETTINGS.items()}}
+        row = {"experiment": label, **{k: get(params, key) for k, key in SETTINGS.items()}}
         figures = _figures(data.get("metrics") or {}, row["method"])
         row.update({m: (figures.get("test_acc_pct") or {}).get(m) for m in MODELS})
         row.update({g: (figures.get("gain_pts") or {}).get(g) for g in GAINS})

@@ -214,7 +214,7 @@ def fmt(v, spec: str = ".4f") -> str:
 
 
 def markdown(d: dict) -> str:
-    from suptickets.gains import TABLE_HEADER, table_row
+    from suptickets.gains import COLUMNS, TABLE_HEADER, table_row
 
     env = d.get("environment", {})
     lines = [f"# GPU check{' (dry run on the CPU: toy sizes, nothing measured)' if d['dry_run'] else ''}", "",
@@ -270,7 +270,7 @@ def markdown(d: dict) -> str:
         for j in jobs:
             r = j.get("row") or {}
             cells = " | ".join(fmt(100 * r[k], ".2f") if k in r else "—"
-                               for k in ("sparse_baseline", "best_ticket", "superposed", "ticket_ensemble"))
+                               for k in COLUMNS)
             gain = fmt(100 * r["gain"], "+.2f") if "gain" in r else "—"
             lines.append(f"| {j['density']:g} | {j['seed']} | {j['status']} | {cells} | {gain} | "
                          f"{j['epochs_done']}/{j['epochs_total']} | {fmt(j['seconds'], '.0f')} |")

@@ -76,6 +76,16 @@ def declared_params(name: str) -> list[str]:
                                                              [x for v in entry.values() for x in v])]
 
 
+def declared_settings(cfg: dict, name: str) -> dict:
+    """Stage `name`'s declared params (dvc.yaml) with their values in `cfg`: what DVC keys the stage by."""
+    return {k: get(cfg, k) for k in declared_params(name)}
+
+
+def in_temporary_copy() -> bool:
+    """Whether this process runs in DVC's copy of the repository (a queued or temporary experiment)."""
+    return bool(os.environ.get("DVC_ROOT")) and Path(os.environ["DVC_ROOT"]).resolve() != Path.cwd().resolve()
+
+
 def dvc_stages() -> dict:
     return yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
 
@@ -106,8 +116,7 @@ class Stage:
 
         root = Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
         here = Path.cwd().resolve()
-        settings = {k: get(self.cfg, k) for k in declared_params(self.name)}  # what DVC keys the stage by
-        self.checkpoint = Checkpoint.for_stage(root, self.name, settings, [Path(p) for p in inputs],
+        self.checkpoint = Checkpoint.for_stage(root, self.name, declared_settings(self.cfg, self.name), [Path(p) for p in inputs],
                                                workdir="" if here == root else str(here))
         self._model, self._optimizer = model, optimizer
         meta = self.checkpoint.load(model, optimizer)
@@ -293,8 +302,7 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
     (suptickets.errors: a setting, a data or input file the user can fix) as one line each (exit 2)
     with nothing half-written. Any other exception is a bug: its traceback is kept (exit 1)."""
     rank = int(os.environ.get("RANK", "0"))
-    queued = os.environ.get("DVC_ROOT") and Path(os.environ["DVC_ROOT"]).resolve() != Path.cwd().resolve()
-    quiet = rank != 0 or queued  # other ranks, and DVC's queued / temporary experiments, log warnings only
+    quiet = rank != 0 or in_temporary_copy()  # other ranks, and DVC's queued / temporary experiments, log warnings only
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
     cfg = OmegaConf.to_container(dcfg, resolve=True)
     try:

@@ -23,8 +23,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), str(HERE.parent / "src"),
                                             *filter(None, [os.environ.get("PYTHONPATH")])])
 
 import hydra  # noqa: E402
-import yaml  # noqa: E402
-from _stage import TRAINING_STAGES, enter_run_folder, launch, run_folder, stage  # noqa: E402
+from _stage import TRAINING_STAGES, dvc_stages, enter_run_folder, launch, run_folder, stage  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from suptickets.errors import ConfigError  # noqa: E402
@@ -41,10 +40,8 @@ def fail(message: str) -> None:
 @hydra.main(version_base="1.3", config_path="../params", config_name="params")
 def main(cfg: DictConfig) -> None:
     chain = list(OmegaConf.select(cfg, "chain", default=DEFAULT_CHAIN))
-    project = HERE.parent
-    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     try:
-        needed = chain_inputs(stages, chain)
+        needed = chain_inputs(dvc_stages(), chain)
     except ConfigError as err:
         fail(str(err))
     if cfg.launcher.nproc_per_node > 1 and any(s in TRAINING_STAGES for s in chain):

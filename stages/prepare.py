@@ -8,11 +8,10 @@ from typing import Callable
 
 import hydra
 import pandas as pd
-from _stage import Stage, declared_params, launch, log, stage
+from _stage import Stage, declared_settings, launch, log, stage
 from omegaconf import DictConfig
 
 from suptickets.artifacts import write_json, write_text
-from suptickets.config import get
 from suptickets.choices import FOLDER_DATASETS
 from suptickets.datasets import load_raw, prepare_splits
 from suptickets.imagefolder import MANIFEST, build_manifest, check_files, manifest_summary
@@ -53,7 +52,7 @@ def run_folder(s: Stage) -> None:
 def data_settings(s: Stage) -> dict:
     """What the prepared data were made from (prepare's params in dvc.yaml), recorded in summary.json
     so that a run with other data settings refuses them (runtime.load_batches)."""
-    return {k: get(s.cfg, k) for k in declared_params("prepare")}
+    return declared_settings(s.cfg, "prepare")
 
 
 def finish(s: Stage, summary: dict, shape: tuple) -> None:

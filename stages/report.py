@@ -4,18 +4,16 @@ and each model file as an artifact by reference (never uploaded) to a file that 
 its copy in the repository's DVC cache, or the file itself in the repository; a queued
 experiment's model that is not in the cache gets no reference (its temporary folder goes away)."""
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import hydra
 import yaml
-from _stage import Stage, launch, log, stage
+from _stage import Stage, in_temporary_copy, launch, log, stage
 from omegaconf import DictConfig
 
 from suptickets import report
-from suptickets.artifacts import load_tensors, model_files, read_json, state_from_file, write_text
+from suptickets.artifacts import file_md5, load_tensors, model_files, read_json, state_from_file, write_text
 from suptickets.comparison import is_ticket, percent
 from suptickets.errors import MissingInput
 from suptickets.figures import plot_export_size
@@ -26,14 +24,6 @@ FIGURES, SUMMARY, EXPORT = Path("plots"), Path("reports/summary.md"), Path("metr
 
 def masks(path: Path) -> dict:
     return state_from_file(load_tensors(path))[1]
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def dvc_cache() -> Path:
@@ -59,7 +49,7 @@ def reference(path: Path, md5: str, cache: Path, temporary: bool) -> Path | None
 def dvc_hashes(path: Path, lock: dict, cache: Path) -> dict:
     """What dvc.lock says about the output holding `path` (a file out, or a folder out such as
     models/tickets, whose per-file hashes come from the .dir listing in the local DVC cache)."""
-    md5 = _md5(path)
+    md5 = file_md5(path)
     meta = {"md5": md5, "size": path.stat().st_size}
     for out in (o for s in lock.get("stages", {}).values() for o in s.get("outs", [])):
         if out["path"] == path.as_posix():
@@ -93,8 +83,9 @@ def run(s: Stage) -> None:
                                     "superposed": masks(files["superposed"])}, FIGURES)
     text = report.summary_markdown(cfg, evaluate, figures, base=SUMMARY.parent)
     if EXPORT.is_file():  # a chain of stages without export has none
-        figures["export_size"] = plot_export_size(read_json(EXPORT), FIGURES / "export_size.png")
-        text += "\n" + report.export_markdown(read_json(EXPORT), figures["export_size"], base=SUMMARY.parent)
+        export = read_json(EXPORT)
+        figures["export_size"] = plot_export_size(export, FIGURES / "export_size.png")
+        text += "\n" + report.export_markdown(export, figures["export_size"], base=SUMMARY.parent)
     write_text(SUMMARY, text)
 
     rows = report.evaluation_rows(evaluate)
@@ -109,7 +100,7 @@ def run(s: Stage) -> None:
         lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").is_file() else {}
         by_model = {r["model"]: r for r in rows}
         cache = dvc_cache()
-        temporary = Path(os.environ.get("DVC_ROOT") or ".").resolve() != Path.cwd().resolve()
+        temporary = in_temporary_copy()
         models = []
         for n, p in files.items():
             meta = dvc_hashes(p, lock or {}, cache)

@@ -1,6 +1,7 @@
 """superpose: average T0 (warmup) and the tickets (CAA or CIMA), re-prune to the budget, recompute
 BatchNorm statistics; writes models/superposed.safetensors."""
 
+import itertools
 from pathlib import Path
 
 import pandas as pd
@@ -44,10 +45,10 @@ def run(s: Stage) -> None:
     bn_batches = data["train"].plain()
     model = runtime.new_model(cfg, summary, device)
     files = superposed_files()
-    _, masks0 = runtime.read_model_file(files[0], model)
+    state0, masks0 = runtime.read_model_file(files[0], model)
     keys = list(masks0)
     counts = [int(m.sum()) for m in masks0.values()]
-    states = (strict_state(f, model, keys) for f in files)
+    states = itertools.chain([state0], (strict_state(f, model, keys) for f in files[1:]))
     rows = []
     for k, state, masks in superpose_steps(states, method=sp["method"], cima_factor=sp["cima_factor"],
                                            reprune_mode=sp["reprune"], masked_keys=keys, counts=counts,

@@ -6,6 +6,7 @@ killed stage never leaves a half-written output. Models are read only from safet
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -80,6 +81,15 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         return load_file(str(path), device=str(device))
     except SafetensorError as err:
         raise BadInputFile(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    """The md5 of a file's bytes (hex), as DVC records it, read in 1 MiB chunks."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def model_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ from .choices import (AMP_MODES, DATASETS, DEVICES, DISTRIBUTIONS, DST_METHODS, 
                       MODEL_NAMES, MODEL_OPTIONS, PRUNE_RATE_DECAYS, REPRUNE_MODES, SCOPES, STEMS,
                       SUPERPOSE_METHODS, WANDB_MODES)
 from .errors import ConfigError
-from .schedules import epoch_split, prune_window
+from .schedules import prune_window, split_of
 
 SECTIONS = ("data", "model", "train", "dst", "tickets", "superpose", "tracking", "launcher", "export")
 CHOICES = {  # each option's choices (choices.py, which the implementing modules use too)
@@ -242,16 +242,14 @@ def _cycle_lr_range(cfg: dict) -> list[str]:
 
 def _warmup_epochs(cfg: dict) -> int | None:
     try:
-        warmup, _, _ = epoch_split(get(cfg, "train.epochs"), get(cfg, "tickets.cycle_rate"),
-                                   get(cfg, "tickets.cycle_epochs"))
+        return split_of(cfg)[0]
     except ConfigError:
         return None
-    return warmup
 
 
 def _epoch_split_ok(cfg: dict) -> list[str]:
     try:
-        epoch_split(get(cfg, "train.epochs"), get(cfg, "tickets.cycle_rate"), get(cfg, "tickets.cycle_epochs"))
+        split_of(cfg)
     except ConfigError as err:
         return [str(err)]
     return []
@@ -278,9 +276,11 @@ def _granet_schedule(cfg: dict) -> list[str]:
 
 def _granet_within_warmup(cfg: dict) -> list[str]:
     """The window (fractions of the budget) must end within the warmup, the same epochs in both phases."""
+    if get(cfg, "dst.method") != "granet":
+        return []
     warmup, epochs = _warmup_epochs(cfg), get(cfg, "train.epochs")
     first, last = get(cfg, "dst.init_prune_fraction"), get(cfg, "dst.final_prune_fraction")
-    if get(cfg, "dst.method") != "granet" or warmup is None or first >= last:
+    if warmup is None or first >= last:
         return []
     end = prune_window(first, last, epochs)[1]
     if end > warmup:

@@ -18,7 +18,7 @@ The functions over dvc.yaml / dvc.lock mappings are pure; `StageClock` does the 
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import logging
 import time
@@ -28,34 +28,18 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from .artifacts import write_json
-from .sweep import stage_paths
+from .artifacts import file_md5, write_json
+from .config import get
+from .sweep import inside, stage_paths, writes
 
 log = logging.getLogger("suptickets")
 TIMES = Path(".cache") / "suptickets" / "stage_times.json"
 
 
-def writes(spec: Mapping) -> list[str]:
-    return [p for key in ("outs", "metrics", "plots") for p in stage_paths(spec.get(key))]
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
-
-
 def reads_from(stages: Mapping[str, Mapping], stage: str, writers: Iterable[str]) -> bool:
     """Whether `stage` depends on a path that one of the `writers` stages writes."""
     made = [m for w in writers for m in writes(stages[w])]
-    return any(_inside(d, m) or _inside(m, d) for d in stage_paths(stages[stage].get("deps")) for m in made)
-
-
-def _lookup(cfg: Mapping, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
+    return any(inside(d, m) or inside(m, d) for d in stage_paths(stages[stage].get("deps")) for m in made)
 
 
 def params_changed(lock: Mapping, cfg: Mapping) -> set[str]:
@@ -65,7 +49,7 @@ def params_changed(lock: Mapping, cfg: Mapping) -> set[str]:
     changed = set()
     for name, entry in recorded.items():
         params = (entry.get("params") or {}).get("params.yaml") or {}
-        if any(_lookup(cfg, key) != value for key, value in params.items()):
+        if any(get(cfg, key) != value for key, value in params.items()):
             changed.add(name)
     return changed
 
@@ -83,7 +67,7 @@ def deps_changed(lock: Mapping, digest: Callable[[str], str | None]) -> set[str]
 
 
 def md5_of_file(path: Path) -> str | None:
-    return hashlib.md5(path.read_bytes()).hexdigest() if path.is_file() else None
+    return file_md5(path) if path.is_file() else None
 
 
 def expected_stages(stages: Mapping[str, Mapping], stage: str, *, missing: Callable[[str], bool],
@@ -142,7 +126,11 @@ class StageClock:
         if stage in stages:
             lock_file = Path(project) / "dvc.lock"
             lock = (yaml.safe_load(lock_file.read_text()) or {}) if lock_file.is_file() else {}
-            changed = params_changed(lock, cfg) | deps_changed(lock, lambda p: md5_of_file(Path(project) / p))
+            # only the later stages' code is judged (expected_stages asks nothing else), each file hashed once
+            later = set(list(stages)[list(stages).index(stage) + 1:])
+            later_lock = {"stages": {k: v for k, v in (lock.get("stages") or {}).items() if k in later}}
+            digest = functools.cache(lambda p: md5_of_file(Path(project) / p))
+            changed = params_changed(lock, cfg) | deps_changed(later_lock, digest)
             expected = expected_stages(stages, stage, missing=lambda p: not (Path(project) / p).exists(),
                                        changed=changed, recorded=set(lock.get("stages") or {}))
             log.info(progress_line(list(stages), stage, expected, clock.load().get(clock.preset, {})))

@@ -26,6 +26,16 @@ def stage_paths(entries) -> list[str]:
     return out
 
 
+def writes(spec: Mapping) -> list[str]:
+    """The paths a dvc.yaml stage writes: its outs, metrics and plots."""
+    return [p for key in ("outs", "metrics", "plots") for p in stage_paths(spec.get(key))]
+
+
+def inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies under it (dvc.yaml paths, relative, `/`-separated)."""
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
 def chain_inputs(stages: Mapping[str, dict], chain: Sequence[str]) -> list[str]:
     """The data and model paths the stages of `chain` (in order) read that no earlier stage of the
     chain writes, from dvc.yaml's `stages` mapping; code dependencies are left out."""
@@ -39,10 +49,9 @@ def chain_inputs(stages: Mapping[str, dict], chain: Sequence[str]) -> list[str]:
         for dep in stage_paths(spec.get("deps")):
             if dep.startswith(CODE) or dep in needed:
                 continue
-            if not any(dep == p or dep.startswith(p.rstrip("/") + "/") for p in produced):
+            if not any(inside(dep, p) for p in produced):
                 needed.append(dep)
-        for key in ("outs", "metrics", "plots"):
-            produced.update(stage_paths(spec.get(key)))
+        produced.update(writes(spec))
     return needed
 
 
