@@ -225,3 +225,28 @@ def small_prepared(tmp_path_factory) -> Path:
         return str(folder / "data" / "prepared")
 
     return Path(once(tmp_path_factory, "prepared", build))
+
+
+@pytest.fixture()
+def small_project(small_prepared, tmp_path) -> Path:
+    """This test's folder (tmp_path) holding its own copy of `small_prepared` as data/prepared."""
+    shutil.copytree(small_prepared, tmp_path / "data" / "prepared")
+    return tmp_path
+
+
+def check_budget(repo: Path, density: float, *, may_empty: bool) -> dict:
+    """The smoke MLP's run in `repo` trained to `density`: every sparse model holds the budget within
+    one weight per layer (3 Linear layers) and the models learned (10 classes; at 0.02 it keeps ~1,000
+    weights). `may_empty`: global re-pruning may empty a layer of the superposed model (reported in
+    metrics/superpose.json, not hidden), which then need not learn. Returns evaluate.json."""
+    m = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert m["target_density"] == density
+    for name, d in m["density"].items():
+        assert d == pytest.approx(density, abs=3 / (784 * 64 + 64 * 32 + 32 * 10)), name
+    assert m["test_acc"]["sparse_baseline"] > 0.3
+    if may_empty:
+        empty = json.loads((repo / "metrics/superpose.json").read_text())["empty_layers"]
+        assert empty or m["test_acc"]["superposed"] > 0.3
+    else:
+        assert m["test_acc"]["superposed"] > 0.3
+    return m

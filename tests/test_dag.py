@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, run
+from conftest import ROOT, STAGE_ENV, run
+from suptickets.sweep import inside, stage_paths, writes
 
 sys.path.insert(0, str(ROOT / "stages"))
 sys.path.insert(0, str(Path(__file__).parent))
@@ -23,17 +24,12 @@ CODE = ("src/", "stages/")
 SPEC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def paths(entries) -> list[str]:
-    return [p for e in entries or [] for p in ([e] if isinstance(e, str) else list(e))]
-
-
 def in_dag_order(stages: dict) -> list[str]:
     """The stages of dvc.yaml, each after the stages whose outputs it reads."""
-    writer = {o: name for name, s in stages.items() for k in ("outs", "metrics", "plots") for o in paths(s.get(k))}
+    writer = {o: name for name, s in stages.items() for o in writes(s)}
 
     def upstream(name):
-        return {w for d in paths(stages[name].get("deps")) for o, w in writer.items()
-                if d == o or d.startswith(o.rstrip("/") + "/")} - {name}
+        return {w for d in stage_paths(stages[name].get("deps")) for o, w in writer.items() if inside(d, o)} - {name}
 
     order: list[str] = []
     while len(order) < len(stages):
@@ -45,9 +41,8 @@ def downstream(stages: dict, names: set[str]) -> set[str]:
     """`names` and every stage that reads, directly or not, what they write."""
     out = set(names)
     while True:
-        written = {o for n in out for k in ("outs", "metrics", "plots") for o in paths(stages[n].get(k))}
-        more = {n for n, s in stages.items() if any(d == o or d.startswith(o.rstrip("/") + "/")
-                                                     for d in paths(s.get("deps")) for o in written)}
+        written = {o for n in out for o in writes(stages[n])}
+        more = {n for n, s in stages.items() if any(inside(d, o) for d in stage_paths(s.get("deps")) for o in written)}
         if more <= out:
             return out
         out |= more
@@ -76,8 +71,7 @@ def records(tmp_path_factory) -> dict:
                            *in_dag_order(SPEC), "--", "experiment=smoke", "data.limit_train=200",
                            "data.limit_test=100", "threads=1"],
                           cwd=folder, capture_output=True, text=True, timeout=600,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), "OMP_WAIT_POLICY": "PASSIVE",
-                               "WANDB_MODE": "disabled"})
+                          env=STAGE_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 
@@ -89,7 +83,7 @@ def test_every_stage_ran(records):
 def test_every_stage_declares_each_project_file_it_imports_and_no_other(records):
     problems = []
     for name, rec in records.items():
-        deps = paths(SPEC[name].get("deps"))
+        deps = stage_paths(SPEC[name].get("deps"))
         problems += [f"{name}: dvc.yaml lists {d} twice" for d in sorted({d for d in deps if deps.count(d) > 1})]
         code = [d for d in deps if d.startswith(CODE)]
         problems += [f"{name}: imports {m}, missing from its deps in dvc.yaml" for m in rec["modules"]
@@ -103,12 +97,12 @@ def test_every_stage_declares_each_setting_it_reads(records):
     """A stage that reads data/prepared may also read the settings prepare declares: data/prepared
     records them (summary.json's config, which runtime.load_batches compares with the run's), so a
     change to any of them changes that dependency."""
-    recorded_by_prepared = paths(SPEC["prepare"].get("params"))
+    recorded_by_prepared = stage_paths(SPEC["prepare"].get("params"))
     problems = []
     for name, rec in records.items():
-        params = paths(SPEC[name].get("params"))
+        params = stage_paths(SPEC[name].get("params"))
         problems += [f"{name}: dvc.yaml lists param {p} twice" for p in sorted({p for p in params if params.count(p) > 1})]
-        if "data/prepared" in paths(SPEC[name].get("deps")):
+        if "data/prepared" in stage_paths(SPEC[name].get("deps")):
             params = params + recorded_by_prepared
         problems += [f"{name}: reads {key}, missing from its params in dvc.yaml (and not in _stage.RESULT_FREE)"
                      for key in rec["params"] if not covered(key, params + list(RESULT_FREE))]
@@ -146,7 +140,7 @@ def test_changing_the_model_file_format_makes_every_stage_with_model_files_stale
     with open(smoke_copy / "src/suptickets/artifacts.py", "a") as f:
         f.write("\n# touched\n")
     model_stages = {n for n, s in SPEC.items()
-                    if any(p.startswith("models/") for k in ("deps", "outs") for p in paths(s.get(k)))}
+                    if any(p.startswith("models/") for k in ("deps", "outs") for p in stage_paths(s.get(k)))}
     assert {"dense", "warmup", "tickets", "superpose", "evaluate", "report"} <= model_stages
     assert model_stages <= stale(smoke_copy)
 
@@ -161,7 +155,7 @@ def test_changing_channels_last_makes_superpose_and_evaluate_stale(smoke_copy):
 def test_changing_the_superposition_method_reruns_only_superpose_and_what_reads_its_model(smoke_copy):
     set_param(smoke_copy, "superpose.method", "cima")
     changed = stale(smoke_copy)
-    readers = {n for n, s in SPEC.items() if "models/superposed.safetensors" in paths(s.get("deps"))}
+    readers = {n for n, s in SPEC.items() if "models/superposed.safetensors" in stage_paths(s.get("deps"))}
     assert downstream(SPEC, changed) == {"superpose", "report"} | downstream(SPEC, readers)
     assert {"superpose", "evaluate", "report"} <= downstream(SPEC, changed)
     assert not downstream(SPEC, changed) & {"prepare", "dense", "sparse_baseline", "warmup", "tickets"}

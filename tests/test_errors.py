@@ -5,23 +5,12 @@ bug and keeps its traceback (exit 1)."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest import error_lines, run_stage, tree
 from suptickets import errors
-
-def stage(cwd: Path, name: str, *args: str) -> subprocess.CompletedProcess:
-    return run_stage(cwd, name, *args)
-
-
-def project_with(prepared: Path, where: Path) -> Path:
-    shutil.copytree(prepared, where / "data" / "prepared")
-    return where
-
 
 def test_every_project_error_is_a_suptickets_error_and_keeps_its_old_base():
     assert issubclass(errors.ConfigError, ValueError) and issubclass(errors.DataError, ValueError)
@@ -39,26 +28,26 @@ def test_every_project_error_is_a_suptickets_error_and_keeps_its_old_base():
 
 
 def test_missing_prepared_data_is_one_line_exit_2_and_nothing_is_written(tmp_path):
-    proc = stage(tmp_path, "dense")
+    proc = run_stage(tmp_path, "dense")
     assert proc.returncode == 2, proc.stderr
     assert error_lines(proc) == [
-        f"error: dense: data/prepared/train.safetensors: missing prepared split, expected a safetensors "
-        f"file with 'x' (uint8) and 'y' (int64)"], proc.stderr
+        "error: dense: data/prepared/train.safetensors: missing prepared split, expected a safetensors "
+        "file with 'x' (uint8) and 'y' (int64)"], proc.stderr
     assert "Traceback" not in proc.stderr
     assert tree(tmp_path) == {}
 
 
-def test_a_model_file_of_another_architecture_is_one_line_exit_2(small_prepared, tmp_path):
+def test_a_model_file_of_another_architecture_is_one_line_exit_2(small_project):
     """evaluate reads a dense model trained for another hidden width: named, not a traceback."""
     from suptickets import runtime
     from suptickets.artifacts import read_json
 
-    project = project_with(small_prepared, tmp_path)
+    project = small_project
     summary = read_json(project / "data/prepared/summary.json")
     cfg = {"seed": 0, "model": {"name": "mlp", "hidden": [16, 8], "batch_norm": True}, "train": {}}
     runtime.save_model(project / "models/dense.safetensors", runtime.new_model(cfg, summary, "cpu"))
     before = tree(project)
-    proc = stage(project, "evaluate")
+    proc = run_stage(project, "evaluate")
     assert proc.returncode == 2, proc.stderr
     (line,) = error_lines(proc)
     assert line.startswith("error: evaluate: models/dense.safetensors: does not fit model MLP: "
@@ -66,10 +55,10 @@ def test_a_model_file_of_another_architecture_is_one_line_exit_2(small_prepared,
     assert tree(project) == before
 
 
-def test_a_missing_input_model_is_one_line_exit_2(small_prepared, tmp_path):
-    project = project_with(small_prepared, tmp_path)
+def test_a_missing_input_model_is_one_line_exit_2(small_project):
+    project = small_project
     before = tree(project)
-    proc = stage(project, "tickets")
+    proc = run_stage(project, "tickets")
     assert proc.returncode == 2, proc.stderr
     assert error_lines(proc) == ["error: tickets: models/warmup.safetensors: no such file"]
     assert tree(project) == before
@@ -81,14 +70,14 @@ def test_a_missing_input_model_is_one_line_exit_2(small_prepared, tmp_path):
     # two channel means for one-channel images: the project's own normalize raises a plain ValueError
     (lambda s: {**s, "mean": [0.5, 0.5], "std": [0.3, 0.3]}, "ValueError"),
 ], ids=["library-error", "plain-valueerror"])
-def test_an_error_that_is_not_the_projects_keeps_its_traceback_and_exits_1(small_prepared, tmp_path, corrupt, raised):
+def test_an_error_that_is_not_the_projects_keeps_its_traceback_and_exits_1(small_project, corrupt, raised):
     """A prepared folder edited by hand (DVC would call it modified) reaches code that trusts it: that
     is not a message for the user to act on, so it must not look like one."""
-    project = project_with(small_prepared, tmp_path)
+    project = small_project
     path = project / "data/prepared/summary.json"
     path.write_text(json.dumps(corrupt(json.loads(path.read_text()))))
     before = tree(project)
-    proc = stage(project, "dense", "train.epochs=1")
+    proc = run_stage(project, "dense", "train.epochs=1")
     assert proc.returncode == 1, proc.stderr
     assert "Traceback (most recent call last)" in proc.stderr
     assert any(line.startswith(f"{raised}: ") for line in proc.stderr.splitlines()), proc.stderr[-2000:]

@@ -249,14 +249,14 @@ def test_the_exported_smoke_model_predicts_like_the_masked_one_on_the_test_split
         assert (logits - reference).abs().max() <= 1e-4
 
 
-def test_the_stage_refuses_a_model_of_another_architecture_and_writes_nothing(smoke_repo):
-    outputs = [smoke_repo / f"models/{n}.sparse.safetensors" for n in ("superposed", "sparse_baseline")]
-    outputs.append(smoke_repo / "metrics/export.json")
+def test_the_stage_refuses_a_model_of_another_architecture_and_writes_nothing(smoke_copy):
+    outputs = [smoke_copy / f"models/{n}.sparse.safetensors" for n in ("superposed", "sparse_baseline")]
+    outputs.append(smoke_copy / "metrics/export.json")
     before = [hashlib.md5(p.read_bytes()).hexdigest() for p in outputs]
-    proc = run(smoke_repo, "python", "stages/export.py", "experiment=smoke", "model.hidden=[16]",
+    proc = run(smoke_copy, "python", "stages/export.py", "experiment=smoke", "model.hidden=[16]",
                "tracking.wandb.mode=disabled", check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = error_lines(proc)  # (its log lines go to stderr too)
     assert len(lines) == 1 and lines[0].startswith("error: export: models/superposed.safetensors: does not fit"), lines
     assert [hashlib.md5(p.read_bytes()).hexdigest() for p in outputs] == before
-    assert not list((smoke_repo / "models").glob(".*.tmp"))
+    assert not list((smoke_copy / "models").glob(".*.tmp"))

@@ -4,7 +4,6 @@ and refuse prepared data made for other data settings."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,12 +15,11 @@ from suptickets.errors import ValidationFailed
 
 
 @pytest.fixture()
-def project(small_prepared, tmp_path) -> Path:
+def project(small_project) -> Path:
     """A folder holding the small data/prepared and an earlier (DVC-tracked, say) dense model."""
-    shutil.copytree(small_prepared, tmp_path / "data" / "prepared")
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "dense.safetensors").write_bytes(b"DVC's output")
-    return tmp_path
+    (small_project / "models").mkdir()
+    (small_project / "models" / "dense.safetensors").write_bytes(b"DVC's output")
+    return small_project
 
 
 def run_folders(project: Path) -> list[Path]:

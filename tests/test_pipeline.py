@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import ROOT, make_repo, run
+from conftest import ROOT, run
 from project_copy import compose_params
 from test_report import read_wandb_records
 from suptickets.artifacts import load_tensors, state_from_file

@@ -4,7 +4,6 @@ import W&B, DVC, pandas or pandera (the GPU machine has none of them but pandas)
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -21,12 +20,11 @@ print("LOADED=" + json.dumps(sorted({{name.split(".")[0] for name in sys.modules
 """
 
 
-def test_the_training_stages_import_no_tracking_dvc_or_table_packages(small_prepared, tmp_path):
-    shutil.copytree(small_prepared, tmp_path / "data" / "prepared")
+def test_the_training_stages_import_no_tracking_dvc_or_table_packages(small_project):
     proc = subprocess.run([sys.executable, "-c", RUN_AND_LIST.format(stages=str(ROOT / "stages")),
                            str(ROOT / "stages" / "chain.py"), *SMALL, "train.epochs=3", "tracking.wandb.mode=disabled",
                            "+chain=[dense,sparse_baseline,warmup,tickets]", "hydra.run.dir=."],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          cwd=small_project, capture_output=True, text=True, timeout=300,
                           env={k: v for k, v in STAGE_ENV.items() if k != "WANDB_MODE"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = set(json.loads(proc.stdout.split("LOADED=")[-1]))
@@ -34,4 +32,4 @@ def test_the_training_stages_import_no_tracking_dvc_or_table_packages(small_prep
     assert loaded & HEAVY == set()
     for out in ("models/dense.safetensors", "models/sparse_baseline.safetensors", "models/tickets/ticket_01.safetensors",
                 "plots/tickets.csv"):
-        assert (tmp_path / out).is_file(), out  # every training stage ran to its end
+        assert (small_project / out).is_file(), out  # every training stage ran to its end

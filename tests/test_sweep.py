@@ -4,7 +4,6 @@ cluster) over `stages/chain.py`, each job in its own folder."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -157,8 +157,6 @@ def test_bn_update_changes_only_running_statistics():
 
 def _sparse_run(speed, model_name="mlp", steps_epochs=1, lr=0.05, dst=True):
     from suptickets.sparsity.engine import DST, Masked, init_masks
-    from suptickets.train import Speed
-
     torch.manual_seed(0)
     options = {"hidden": [32, 16]} if model_name == "mlp" else {}
     model = build_model(model_name, SHAPE, CLASSES, **options)
