@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -33,3 +34,11 @@ def busy_warning(threads: int) -> None:
                 "or --threads 1 is steadier") if threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE" else ""
         print(f"warning: load average {load:.1f} on {cores} cores: other processes compete for the CPU, "
               f"so timings are noisy{hint}")
+
+
+def dvc(*args: str, check: bool = True) -> str:
+    """Run the `dvc` command in the current directory and return its stdout; exit with its output on failure."""
+    proc = subprocess.run(["dvc", *args], capture_output=True, text=True, env=dict(os.environ, DVC_NO_ANALYTICS="1"))
+    if check and proc.returncode != 0:
+        sys.exit(f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout

@@ -1,54 +1,84 @@
-"""Does superposing tickets beat the DST method alone at the same sparsity and cost?
+"""Does superposing tickets beat the DST method alone at the same sparsity and cost, and which settings
+decide it?
 
-Queues the whole DAG as DVC experiments (`dvc exp run --queue`) for every (density, seed), runs the
-queue, and prints mean ± std of test accuracy per model and the paired gain superposed −
-sparse_baseline with its 95% confidence interval (Student t over seeds).
+Queues the whole DAG as DVC experiments (`dvc exp run --queue`), one per cell of a factorial grid and
+seed, runs the queue, and prints per cell the test accuracy of each model and the paired gains
+superposed − sparse_baseline and superposed − best ticket with 95% t intervals over seeds; for every
+factor with several levels, its effect on the gain (paired by seed, averaged over the other factors).
 
-    python benchmarks/gain.py                                  # 5 seeds x densities 0.05, 0.02, RigL
+    python benchmarks/gain.py                        # 5 seeds x densities 0.05, 0.02, RigL
     python benchmarks/gain.py --seeds 3 --densities 0.05 -S train.epochs=10 --json gain.json
-    python benchmarks/gain.py --collect-only            # tabulate the experiments of an earlier run
+    python benchmarks/gain.py --collect-only         # tabulate the experiments of an earlier run
+    python benchmarks/gain.py --factor dst.prune_rate_decay=constant,cosine --factor dst.repicked=keep,zero \\
+        --densities 0.05 --seeds 5 --prefix study --list   # any -S keys: the 2x2 grid's 20 runs, not run
+    python benchmarks/gain.py --factor train.epochs+tickets.cycle_rate+tickets.cycle_epochs=30+0.2+2,100+0.1+3 ...
+                     # one factor whose levels set several keys together ('+' joins keys and their values)
     python benchmarks/gain.py --grid --jobs 2 -S threads=1 --png benchmarks/gain_grid.png
-                      # where does the gain appear: densities 0.2/0.05/0.02 x tickets.lr_max 0.01/0.05/0.1,
-                      # 3 seeds each, with a heatmap of the mean paired gain and the tickets' ensemble gain
+                     # densities 0.2/0.05/0.02 x tickets.lr_max 0.01/0.05/0.1, 3 seeds, with a heatmap
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import _common  # noqa: F401  (the environment defaults; the runs it starts inherit them)
-from suptickets.gains import TABLE_HEADER, row, summarize, table_row  # noqa: E402
+import _common
+from suptickets.gains import effects, row, summarize  # noqa: E402
+
+GRID = {"dst.density": ["0.2", "0.05", "0.02"], "tickets.lr_max": ["0.01", "0.05", "0.1"]}
 
 
-def dvc(*args: str, check: bool = True) -> str:
-    proc = subprocess.run(["dvc", *args], capture_output=True, text=True,
-                          env=dict(os.environ, DVC_NO_ANALYTICS="1"))
-    if check and proc.returncode != 0:
-        sys.exit(f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
+def parse_factor(text: str) -> tuple[list[str], list[list[str]]]:
+    """'a.b=1,2' -> (['a.b'], [['1'], ['2']]); 'a+b=1+x,2+y' -> (['a', 'b'], [['1', 'x'], ['2', 'y']])."""
+    keys_part, sep, levels_part = text.partition("=")
+    keys = keys_part.split("+")
+    levels = [level.split("+") for level in levels_part.split(",")] if levels_part else []
+    if not sep or not all(keys) or not levels or any(len(v) != len(keys) or not all(v) for v in levels):
+        raise SystemExit(f"error: --factor {text!r}: expected KEY=V1,V2,... or KEY1+KEY2=A1+B1,A2+B2,... "
+                         "(each level one value per key)")
+    if len(set(map(tuple, levels))) != len(levels):
+        raise SystemExit(f"error: --factor {text!r}: a level is repeated")
+    return keys, levels
+
+
+def label(values: list[str]) -> str:
+    """A level's part of an experiment name (git ref characters only)."""
+    return re.sub(r"[^A-Za-z0-9._]", "_", "_".join(values))
+
+
+def plan(factors: list[tuple[list[str], list[list[str]]]], seeds: int, prefix: str, method: str,
+         extra: list[str]) -> dict[tuple[str, ...], dict[str, list[str]]]:
+    """Cell (one level label per factor) -> {experiment name: overrides}, one experiment per seed; cells in
+    the grid's order, so a queue runs a cell's seeds side by side and later cells reuse, through DVC's run
+    cache, the stages whose settings they share with earlier ones (dense across every cell of a seed)."""
+    cells = {}
+    for levels in itertools.product(*[lv for _, lv in factors]):
+        key = tuple(label(v) for v in levels)
+        sets = [f"{k}={v}" for (keys, _), vals in zip(factors, levels) for k, v in zip(keys, vals)]
+        cells[key] = {f"{prefix}-{'-'.join(key)}-s{s}": [f"dst={method}", *sets, f"seed={s}", *extra]
+                      for s in range(seeds)}
+    return cells
 
 
 def queue(names: dict[str, list[str]], jobs: int) -> None:
-    existing = dvc("exp", "list", "--name-only", check=False).split()
+    existing = _common.dvc("exp", "list", "--name-only", check=False).split()
     stale = [n for n in names if n in existing]
     if stale:
-        dvc("exp", "remove", *stale)
+        _common.dvc("exp", "remove", *stale)
     for name, overrides in names.items():
-        dvc("exp", "run", "--queue", "--name", name, *[a for o in overrides for a in ("-S", o)])
-    dvc("queue", "start", "-j", str(jobs))
-    while re.search(r"\b(Queued|Running)\b", dvc("queue", "status")):
+        _common.dvc("exp", "run", "--queue", "--name", name, *[a for o in overrides for a in ("-S", o)])
+    _common.dvc("queue", "start", "-j", str(jobs))
+    while re.search(r"\b(Queued|Running)\b", _common.dvc("queue", "status")):
         time.sleep(10)
 
 
 def results(names: list[str]) -> dict[str, dict]:
-    shown = json.loads(dvc("exp", "show", "--json", "--all-commits"))  # HEAD may have moved on meanwhile
+    shown = json.loads(_common.dvc("exp", "show", "--json", "--all-commits"))  # HEAD may have moved on meanwhile
     out = {}
     for commit in shown:
         for exp in commit.get("experiments") or []:
@@ -60,53 +90,67 @@ def results(names: list[str]) -> dict[str, dict]:
     return out
 
 
-def grid_runs(args) -> dict[tuple[float, float], dict[str, list[str]]]:
-    """(density, lr_max) -> {experiment name: overrides}, one experiment per seed."""
-    return {(d, lr): {f"{args.prefix}-d{d:g}-lr{lr:g}-s{s}": [f"dst={args.method}", f"dst.density={d}",
-                                                             f"tickets.lr_max={lr}", f"seed={s}", *args.overrides]
-                      for s in range(args.seeds)}
-            for d in args.densities for lr in args.lr_max}
+def interval(s: list[float]) -> str:
+    return f"{s[0]:+.2f} [{s[0] - s[2]:+.2f}, {s[0] + s[2]:+.2f}]"
 
 
-def grid(args) -> int:
-    """Where does the gain appear? Every (density, tickets.lr_max) cell over the seeds: the mean paired
-    gain superposed − sparse_baseline and the ticket ensemble's gain (how diverse the tickets are), with
-    95% t intervals; a table on stdout, optionally JSON and a PNG heatmap."""
-    cells = grid_runs(args)
-    names = {n: o for runs in cells.values() for n, o in runs.items()}
-    if not args.collect_only:
-        # sparse_baseline and warmup do not read tickets.lr_max: DVC's run cache serves the other cells
-        # of a (density, seed) from the first one that ran, so the queue holds lr_max-major order
-        queue(dict(sorted(names.items(), key=lambda kv: kv[0].split("-lr")[1].split("-s")[0] != f"{args.lr_max[0]:g}")),
-              args.jobs)
-    found = results(list(names))
-    missing = sorted(set(names) - set(found))
-    if missing:
-        print(f"no metrics for: {', '.join(missing)} (see `dvc queue logs`)", file=sys.stderr)
+def tabulate(factors, cells, found: dict[str, dict], seeds: int) -> tuple[dict, list[dict]]:
+    """Print the cells' table and the factors' effects; return both for --json."""
+    names = [" + ".join(keys) for keys, _ in factors]
     table = {}
-    print(f"method {args.method}, {args.seeds} seeds per cell, overrides {args.overrides or 'none'}; "
-          "gains in points (test accuracy), paired by seed, mean [95% CI]")
-    print("| density | tickets.lr_max | n | sparse_baseline % | superposed − sparse_baseline | ticket ensemble − sparse_baseline |")
-    print("|---|---|---|---|---|---|")
-    for (d, lr), runs in cells.items():
-        rows = [row(found[n]) for n in runs if n in found]
+    print(f"| {' | '.join(names)} | n | sparse_baseline % | best ticket % | superposed % | superposed − "
+          "sparse_baseline | superposed − best ticket | ticket ensemble − sparse_baseline |")
+    print("|" + "---|" * (len(names) + 7))
+    per_cell_seed = {}
+    for cell, runs in cells.items():
+        rows = {int(n.rsplit("-s", 1)[1]): row(found[n]) for n in runs if n in found}
         if not rows:
             continue
-        s = summarize(rows)
-        table[f"{d:g}/{lr:g}"] = {"density": d, "lr_max": lr, "n": len(rows), **s}
-        g, e = s["gain"], s["ensemble_gain"]
-        print(f"| {d:g} | {lr:g} | {len(rows)} | {s['sparse_baseline'][0]:.2f} | {g[0]:+.2f} [{g[0] - g[2]:+.2f}, "
-              f"{g[0] + g[2]:+.2f}] | {e[0]:+.2f} [{e[0] - e[2]:+.2f}, {e[0] + e[2]:+.2f}] |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
-    if args.png and table:
-        heatmap(table, args.densities, args.lr_max, args.png, f"{args.method}, {args.seeds} seeds per cell")
-        print(f"heatmap: {args.png}")
-    return 1 if missing else 0
+        per_cell_seed[cell] = {s: 100 * r["gain"] for s, r in rows.items()}
+        s = summarize(list(rows.values()))
+        table["/".join(cell)] = {"levels": dict(zip(names, cell)), "n": len(rows), **s,
+                                 "runs": {str(k): v for k, v in sorted(rows.items())}}
+        print(f"| {' | '.join(cell)} | {len(rows)} | {s['sparse_baseline'][0]:.2f} ± {s['sparse_baseline'][1]:.2f} | "
+              f"{s['best_ticket'][0]:.2f} ± {s['best_ticket'][1]:.2f} | {s['superposed'][0]:.2f} ± "
+              f"{s['superposed'][1]:.2f} | {interval(s['gain'])} | {interval(s['gain_vs_best_ticket'])} | "
+              f"{interval(s['ensemble_gain'])} |")
+    found_effects = effects(per_cell_seed, [[label(v) for v in lv] for _, lv in factors], names)
+    if found_effects:
+        print("\neffect on superposed − sparse_baseline (pts; per seed, the level's gain minus the first level's, "
+              "averaged over the other factors' cells; mean [95% CI] over seeds):")
+        for e in found_effects:
+            print(f"- {e['factor']}: {e['level']} vs {e['versus']}: {interval(e['effect'])} (n {e['n']})")
+    return table, found_effects
 
 
-def heatmap(table: dict, densities: list[float], lrs: list[float], path: str, subtitle: str) -> None:
-    """Two panels (superposed's gain, the ensemble's gain) over density x lr_max; each cell shows the
+def forest(table: dict, path: str, title: str) -> None:
+    """Every cell's two paired gains with their 95% intervals, one row per cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = list(table)
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(cells) + 1.4), dpi=110)
+    for offset, key, colour, name in [(-0.15, "gain", "tab:blue", "superposed − sparse_baseline"),
+                                      (0.15, "gain_vs_best_ticket", "tab:orange", "superposed − best ticket")]:
+        ys = [i + offset for i in range(len(cells))]
+        means = [table[c][key][0] for c in cells]
+        halves = [table[c][key][2] for c in cells]
+        ax.errorbar(means, ys, xerr=halves, fmt="o", color=colour, capsize=3, label=name)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_yticks(range(len(cells)), [c.replace("/", "  ") for c in cells], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("points of test accuracy (mean and 95% t interval over seeds)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
+def heatmap(table: dict, factors, path: str, subtitle: str) -> None:
+    """Two factors: the two gains (vs sparse_baseline, the ensemble's) over the grid; each cell shows the
     mean and its 95% interval; the colour scale is symmetric around 0."""
     import matplotlib
 
@@ -114,28 +158,29 @@ def heatmap(table: dict, densities: list[float], lrs: list[float], path: str, su
     import matplotlib.pyplot as plt
     import numpy as np
 
+    (rk, rows), (ck, cols) = [(" + ".join(k), [label(v) for v in lv]) for k, lv in factors]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
     for ax, key, title in zip(axes, ["gain", "ensemble_gain"],
                               ["superposed − sparse_baseline (pts)", "ticket ensemble − sparse_baseline (pts)"]):
-        mean = np.full((len(densities), len(lrs)), np.nan)
-        text = [["" for _ in lrs] for _ in densities]
-        for i, d in enumerate(densities):
-            for j, lr in enumerate(lrs):
-                cell = table.get(f"{d:g}/{lr:g}")
+        mean = np.full((len(rows), len(cols)), np.nan)
+        text = [["" for _ in cols] for _ in rows]
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                cell = table.get(f"{r}/{c}")
                 if cell:
                     m, _, half = cell[key]
                     mean[i, j] = m
                     text[i][j] = f"{m:+.2f}\n[{m - half:+.2f}, {m + half:+.2f}]\nn={cell['n']}"
         bound = max(0.1, float(np.nanmax(np.abs(mean))))
         ax.imshow(mean, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
-        for i in range(len(densities)):
-            for j in range(len(lrs)):
+        for i in range(len(rows)):
+            for j in range(len(cols)):
                 dark = abs(mean[i, j]) > 0.6 * bound  # (NaN compares False)
                 ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8, color="white" if dark else "black")
-        ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
-        ax.set_yticks(range(len(densities)), [f"{d:g}" for d in densities])
-        ax.set_xlabel("tickets.lr_max")
-        ax.set_ylabel("density")
+        ax.set_xticks(range(len(cols)), cols)
+        ax.set_yticks(range(len(rows)), rows)
+        ax.set_xlabel(ck)
+        ax.set_ylabel(rk)
         ax.set_title(title, fontsize=10)
     fig.suptitle(f"Where does the gain appear? ({subtitle}; mean [95% CI])", fontsize=10)
     fig.tight_layout()
@@ -145,72 +190,85 @@ def heatmap(table: dict, densities: list[float], lrs: list[float], path: str, su
 
 def main() -> int:
     ap = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_common.cost("every (density, seed) is one whole DAG of the default pipeline (30 epochs of dense, "
-               "sparse_baseline, warmup + tickets), about 5 minutes on a quiet 2-core CPU. The default, 5 seeds x "
-               "2 densities = 10 runs, takes close to an hour with --jobs 1 (about 35 minutes with --jobs 2 "
-               "-S threads=1, longer on a busy machine); -S experiment=smoke makes each run well under a minute. "
-               "Run it in the project (it queues DVC experiments there); --collect-only only reads them."))
-    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per density (default %(default)s)")
-    ap.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.02],
-                    help="dst.density values, one row each (default %(default)s)")
+        description=__doc__.split("\n\n")[0].replace("\n", " "), formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_common.cost(
+            "every (cell, seed) is one whole DAG of the default pipeline: dense, sparse_baseline and warmup + "
+            "tickets of train.epochs each (about 2.5 minutes for 30 epochs on a quiet 2-core CPU with -S "
+            "threads=1; train.epochs=100 about 3.3 times that). DVC's run cache trains dense once per (seed, "
+            "budget) and sparse_baseline once per seed and setting it reads, for all cells. The default, 5 seeds x "
+            "2 densities = 10 runs, takes about 25 minutes with --jobs 2 -S threads=1; the README's 8-cell study "
+            "(2 x 2 x 2 factors, 5 seeds, budgets 30 and 100 epochs) took the time the README states; "
+            "-S experiment=smoke makes each run well under a minute. Run it in the project (it queues DVC "
+            "experiments there); --list and --collect-only run nothing."))
+    ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 per cell (default 5; 3 with --grid)")
+    ap.add_argument("--densities", type=float, nargs="+", default=None,
+                    help="dst.density values: shorthand for --factor dst.density=... (default 0.05 0.02; with "
+                         "--grid 0.2 0.05 0.02)")
+    ap.add_argument("--factor", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="a factor of the grid: a -S key and its levels (repeatable; the cells are every "
+                         "combination). KEY1+KEY2=A1+B1,A2+B2 makes one factor whose levels set several keys")
     ap.add_argument("--method", default="rigl", help="the DST method, dst=<method>: rigl, set or granet (default %(default)s)")
     ap.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="extra override for every run, as in `dvc exp run -S` (repeatable; e.g. -S threads=1, "
                          "-S experiment=smoke)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="queue workers, `dvc queue start -j` (default %(default)s; with 2 use -S threads=1 on 2 cores)")
-    ap.add_argument("--prefix", default="gain",
-                    help="experiment names are <prefix>-d<density>-s<seed> (default %(default)s); existing ones "
-                         "of the same name are replaced")
-    ap.add_argument("--json", help="also write the table as JSON to this path")
+    ap.add_argument("--prefix", default=None,
+                    help="experiment names are <prefix>-<level>-...-s<seed> (default gain; grid with --grid); "
+                         "existing ones of the same name are replaced")
+    ap.add_argument("--json", help="also write the cells (with every run's accuracies) and effects as JSON here")
+    ap.add_argument("--png", help="write a figure: every cell's gains with their intervals (with --grid: a heatmap)")
+    ap.add_argument("--list", action="store_true", help="run nothing; print the planned experiments and their overrides")
     ap.add_argument("--collect-only", action="store_true",
-                    help="run nothing; tabulate the finished experiments of an earlier run (same --seeds, "
-                         "--densities, --prefix)")
+                    help="run nothing; tabulate the finished experiments of an earlier run (same factors, "
+                         "--seeds, --prefix)")
     ap.add_argument("--grid", action="store_true",
-                    help="map the gain over --densities x --lr-max instead (their defaults become 0.2 0.05 0.02 x "
-                         "0.01 0.05 0.1, 3 seeds, prefix grid: 27 runs that share sparse_baseline and warmup "
-                         "across lr_max through DVC's run cache, roughly 1.5 hours with --jobs 2 -S threads=1 on a "
-                         "busy 2-core machine)")
-    ap.add_argument("--lr-max", type=float, nargs="+", default=[0.01, 0.05, 0.1],
-                    help="--grid: tickets.lr_max values, one column each (default %(default)s)")
-    ap.add_argument("--png", help="--grid: write the heatmap of the two gains to this path")
+                    help="map the gain over density x tickets.lr_max: --factor dst.density=0.2,0.05,0.02 --factor "
+                         "tickets.lr_max=0.01,0.05,0.1, 3 seeds, prefix grid (27 runs, roughly 1.5 hours with "
+                         "--jobs 2 -S threads=1 on a busy 2-core machine)")
     args = ap.parse_args()
+    factors = [parse_factor(f) for f in args.factor]
+    densities = args.densities or ([] if args.grid or factors else [0.05, 0.02])
+    if densities:
+        factors.insert(0, (["dst.density"], [[f"{d:g}"] for d in densities]))
     if args.grid:
-        if "--densities" not in sys.argv:
-            args.densities = [0.2, 0.05, 0.02]
-        if "--seeds" not in sys.argv:
-            args.seeds = 3
-        if args.prefix == "gain":
-            args.prefix = "grid"
-        return grid(args)
-    runs = {f"{args.prefix}-d{d:g}-s{s}": [f"dst={args.method}", f"dst.density={d}", f"seed={s}", *args.overrides]
-            for d in args.densities for s in range(args.seeds)}
+        factors += [([k], [[v] for v in vs]) for k, vs in GRID.items() if not any(k in keys for keys, _ in factors)]
+    keys = [k for ks, _ in factors for k in ks]
+    if len(set(keys)) != len(keys):
+        sys.exit(f"error: a key is set by two factors: {keys}")
+    seeds = args.seeds or (3 if args.grid else 5)
+    prefix = args.prefix or ("grid" if args.grid else "gain")
+    cells = plan(factors, seeds, prefix, args.method, args.overrides)
+    names = {n: o for runs in cells.values() for n, o in runs.items()}
+    if args.list:
+        for n, o in names.items():
+            print(n, " ".join(f"-S {x}" for x in o))
+        print(f"{len(cells)} cells x {seeds} seeds = {len(names)} experiments")
+        return 0
     if not args.collect_only:
-        queue(runs, args.jobs)
-    found = results(list(runs))
+        queue(names, args.jobs)
+    found = results(list(names))
     if not found:
-        print(f"error: no finished experiments named {args.prefix}-d<density>-s<seed> to tabulate; run "
-              f"`python benchmarks/gain.py` without --collect-only first (same --seeds, --densities, --prefix)"
-              if args.collect_only else f"error: none of the {len(runs)} queued experiments finished; see "
+        print(f"error: no finished experiments named {prefix}-<levels>-s<seed> to tabulate; run "
+              f"`python benchmarks/gain.py` without --collect-only first (same factors, --seeds, --prefix)"
+              if args.collect_only else f"error: none of the {len(names)} queued experiments finished; see "
               "`dvc queue logs <name>`", file=sys.stderr)
         return 2
-    missing = sorted(set(runs) - set(found))
+    missing = sorted(set(names) - set(found))
     if missing:
         print(f"no metrics for: {', '.join(missing)} (see `dvc queue logs`)", file=sys.stderr)
-    table = {}
-    print(f"method {args.method}, {args.seeds} seeds, overrides {args.overrides or 'none'}; test accuracy in %,"
-          f" mean ± std; gain = superposed − sparse_baseline, paired, with 95% CI")
-    print("\n".join(TABLE_HEADER))
-    for d in args.densities:
-        rows = [row(found[n]) for n in runs if n.startswith(f"{args.prefix}-d{d:g}-") and n in found]
-        if not rows:
-            continue
-        s = summarize(rows)
-        table[f"{d:g}"] = {"n": len(rows), **s}
-        print(table_row(d, s))
+    print(f"method {args.method}, {seeds} seeds per cell, overrides {args.overrides or 'none'}; test accuracy in %, "
+          "mean ± std; gains in points, paired by seed, mean [95% CI]")
+    table, found_effects = tabulate(factors, cells, found, seeds)
     if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"cells": table, "effects": found_effects}, indent=2) + "\n")
+    if args.png and table:
+        subtitle = f"{args.method}, {seeds} seeds per cell"
+        if args.grid and len(factors) == 2:
+            heatmap(table, factors, args.png, subtitle)
+        else:
+            forest(table, args.png, f"Paired gains per cell ({subtitle})")
+        print(f"figure: {args.png}")
     return 1 if missing else 0
 
 

@@ -74,7 +74,7 @@ class Side:
             self.masked = Masked(self.model, self.opt)
             # the default run's schedule: 30 epochs of 421 steps (Fashion-MNIST, batch 128)
             cfg = {"method": "rigl", "density": args.density, "update_frequency": args.update_frequency,
-                   "prune_rate": 0.5, "prune_rate_decay": "cosine", "stop_fraction": 1.0}
+                   "prune_rate": 0.5, "prune_rate_decay": "constant", "stop_fraction": 1.0, "repicked": "keep"}
             self.rule = DST.from_config(cfg, steps_per_epoch=421, epochs=30, budget_epochs=30, seed=0)
         self.lr = args.lr
 

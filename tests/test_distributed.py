@@ -32,7 +32,8 @@ def _train(rank: int = 0, world: int = 1, check_ranks: bool = False):
     train, val = _toy_data(rank, world)
     masked = Masked(model, opt, check_ranks=check_ranks)
     rule = DST.from_config({"method": "rigl", "density": 0.2, "update_frequency": 3, "prune_rate": 0.5,
-                            "prune_rate_decay": "cosine", "stop_fraction": 1.0},
+                            "prune_rate_decay": "cosine", "stop_fraction": 1.0,
+                            "repicked": "keep"},
                            steps_per_epoch=len(train), epochs=2, budget_epochs=2, seed=0)
     train_epochs(model, opt, train, val, epochs=range(2), step=0, lr_at=lambda e, i: 0.05, masked=masked,
                  topology=rule)

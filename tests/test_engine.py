@@ -29,7 +29,8 @@ def toy_data(n: int = 512, seed: int = 0) -> tuple[Batches, Batches]:
 
 def dst_cfg(method: str, density: float = 0.2, **extra) -> dict:
     cfg = {"method": method, "density": density, "distribution": "erk", "keep_first_dense": False,
-           "update_frequency": 4, "prune_rate": 0.5, "prune_rate_decay": "cosine", "stop_fraction": 1.0}
+           "update_frequency": 4, "prune_rate": 0.5, "prune_rate_decay": "cosine", "stop_fraction": 1.0,
+           "repicked": "keep"}
     if method == "granet":
         cfg.update(init_density=0.6, init_prune_fraction=0.0, final_prune_fraction=0.5)  # epochs 0-2 of 4
     cfg.update(extra)
@@ -374,3 +375,73 @@ def test_re_explore_after_the_first_step_of_each_cycle_regrows_at_zero_weight_an
     assert checked.updates == 2  # epochs 0 and 2 start a cycle
     assert [int(m.sum()) for m in masked.masks] == counts
     outside_is_zero(masked)
+
+
+def near_dense_layer(repicked: str):
+    """One Linear layer at density 0.9 with known weights and momentum, after one real step: a 0.5
+    prune-and-regrow by gradient must re-pick most of what it prunes (only 10% are inactive)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(20, 10, bias=False)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.05, momentum=0.9)
+    mask = torch.ones(10, 20)
+    mask.view(-1)[torch.randperm(200, generator=torch.Generator().manual_seed(0))[:20]] = 0
+    from suptickets.sparsity.engine import attach_masks
+    attach_masks(layer, {"weight": mask})
+    masked = Masked(layer, opt)
+    x = torch.randn(16, 20)
+    layer(x).pow(2).sum().backward()
+    grads = masked.dense_grads()
+    masked.mask_grads()
+    opt.step()
+    return layer, opt, masked, grads
+
+
+@pytest.mark.parametrize("repicked", ["keep", "zero"])
+def test_a_repicked_weight_keeps_value_and_momentum_and_a_newly_grown_one_starts_at_zero(repicked):
+    """The reference's rule (`dst.repicked: keep`): the update only rewrites the masks, so a weight
+    pruned and regrown in the same update keeps its value and momentum; a position inactive before
+    the update starts at exactly 0 with zero momentum. `zero` resets re-picked weights too."""
+    from suptickets.sparsity.dst import prune_magnitude
+
+    layer, opt, masked, grads = near_dense_layer(repicked)
+    w, buf = layer.weight, opt.state[layer.weight]["momentum_buffer"]
+    before, w0, m0 = masked.masks[0].bool().clone(), w.detach().clone(), buf.clone()
+    n = round(0.5 * int(before.sum()))
+    pruned_to = prune_magnitude(w0, before, n)
+    masked.prune_and_regrow(0.5, "gradient", torch.Generator(), grads, repicked)
+    after = masked.masks[0].bool()
+    repicked_at = after & before & ~pruned_to
+    grown = after & ~before
+    assert int(repicked_at.sum()) > 0 and int(grown.sum()) > 0  # the case arises
+    assert int(after.sum()) == int(before.sum())
+    assert (w[grown] == 0).all() and (buf[grown] == 0).all()
+    assert (w[~after] == 0).all() and (buf[~after] == 0).all()
+    assert torch.equal(w[after & pruned_to], w0[after & pruned_to])  # never pruned: untouched
+    if repicked == "keep":
+        assert torch.equal(w[repicked_at], w0[repicked_at]) and torch.equal(buf[repicked_at], m0[repicked_at])
+        assert bool((w0[repicked_at] != 0).all())
+    else:
+        assert (w[repicked_at] == 0).all() and (buf[repicked_at] == 0).all()
+
+
+def test_dst_and_re_explore_pass_dst_repicked_to_the_update():
+    """`DST.from_config` reads `dst.repicked`; both rules hand it to the prune-and-regrow."""
+    from suptickets.sparsity.engine import ReExplore
+
+    for repicked in ["keep", "zero"]:
+        rule = DST.from_config(dst_cfg("rigl", repicked=repicked, prune_rate_decay="constant"), steps_per_epoch=10, epochs=4, budget_epochs=4,
+                               seed=0)
+        for topology in [rule, ReExplore(first_epoch=0, length=1, rate=0.5, method="rigl", seed=0, repicked=repicked)]:
+            layer, opt, masked, grads = near_dense_layer(repicked)
+            w0 = layer.weight.detach().clone()
+            topology.update(masked, 100, grads)
+            kept_nonzero = int((layer.weight != 0).sum())
+            # keep: every weight still in the mask that was nonzero is nonzero; zero: fewer of them
+            expected_all = int(((w0 != 0) & masked.masks[0].bool()).sum())
+            assert (kept_nonzero == expected_all) == (repicked == "keep"), (repicked, kept_nonzero, expected_all)
+
+
+def test_prune_and_regrow_refuses_an_unknown_repicked_rule():
+    layer, opt, masked, grads = near_dense_layer("keep")
+    with pytest.raises(ValueError, match=r"dst\.repicked must be one of \['keep', 'zero'\], got 'reset'"):
+        masked.prune_and_regrow(0.5, "gradient", torch.Generator(), grads, "reset")

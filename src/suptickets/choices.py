@@ -20,6 +20,7 @@ GROW_RULE = {"set": "random", "rigl": "gradient", "granet": "gradient"}  # dst.m
 DST_METHODS = tuple(GROW_RULE)                          # dst.method
 GROW_RULES = ("random", "gradient")
 PRUNE_RATE_DECAYS = ("constant", "cosine")              # dst.prune_rate_decay
+REPICKED = ("keep", "zero")                             # dst.repicked: a weight pruned and regrown at once
 DISTRIBUTIONS = ("erk", "uniform")                      # dst.distribution
 SUPERPOSE_METHODS = ("caa", "cima")                     # superpose.method
 SCOPES = ("global", "layerwise")                        # superpose.scope

@@ -14,7 +14,7 @@ import math
 from typing import Any, Callable, Iterable
 
 from .choices import (AMP_MODES, DATASETS, DEVICES, DISTRIBUTIONS, DST_METHODS, FOLDER_DATASETS, KERNELS,
-                      MODEL_NAMES, MODEL_OPTIONS, PRUNE_RATE_DECAYS, REPRUNE_MODES, SCOPES, STEMS,
+                      MODEL_NAMES, MODEL_OPTIONS, PRUNE_RATE_DECAYS, REPICKED, REPRUNE_MODES, SCOPES, STEMS,
                       SUPERPOSE_METHODS, WANDB_MODES)
 from .errors import ConfigError
 from .schedules import prune_window, split_of
@@ -27,6 +27,7 @@ CHOICES = {  # each option's choices (choices.py, which the implementing modules
     "dst.method": DST_METHODS,
     "dst.distribution": DISTRIBUTIONS,
     "dst.prune_rate_decay": PRUNE_RATE_DECAYS,
+    "dst.repicked": REPICKED,
     "superpose.method": SUPERPOSE_METHODS,
     "superpose.reprune": REPRUNE_MODES,
     "superpose.scope": SCOPES,

@@ -1,11 +1,13 @@
-"""Paired gains over seeds: one row per run from its `metrics/evaluate.json`, and mean ± std with a
-95% Student t interval per density (used by benchmarks/gain.py and scripts/gpu_check.py)."""
+"""Paired gains over seeds: one row per run from its `metrics/evaluate.json`, mean ± std with a 95%
+Student t interval per cell, and the effect of a factor on the gain, paired by seed (used by
+benchmarks/gain.py and scripts/gpu_check.py)."""
 
 from __future__ import annotations
 
 import math
 import statistics
-from typing import Mapping
+import itertools
+from typing import Mapping, Sequence
 
 from .comparison import best_ticket
 
@@ -21,12 +23,14 @@ def t975(df: int) -> float:
 
 
 def row(metrics: Mapping) -> dict[str, float]:
-    """Test accuracies of one run's evaluate.json, its gain superposed − sparse_baseline, and the
-    tickets' ensemble's gain over sparse_baseline (how diverse the tickets are)."""
+    """Test accuracies of one run's evaluate.json (T₀ = warmup too), its gains superposed −
+    sparse_baseline and superposed − best ticket, and the tickets' ensemble's gain over
+    sparse_baseline (how diverse the tickets are)."""
     acc = metrics["test_acc"]
-    return {"sparse_baseline": acc["sparse_baseline"], "best_ticket": best_ticket(acc),
-            "superposed": acc["superposed"], "ticket_ensemble": acc["ticket_ensemble"],
-            "gain": acc["superposed"] - acc["sparse_baseline"],
+    best = best_ticket(acc)
+    return {"sparse_baseline": acc["sparse_baseline"], "best_ticket": best,
+            "superposed": acc["superposed"], "ticket_ensemble": acc["ticket_ensemble"], "warmup": acc["warmup"],
+            "gain": acc["superposed"] - acc["sparse_baseline"], "gain_vs_best_ticket": acc["superposed"] - best,
             "ensemble_gain": acc["ticket_ensemble"] - acc["sparse_baseline"]}
 
 
@@ -41,8 +45,39 @@ def mean_sd_half(values: list[float]) -> list[float]:
 
 
 def summarize(rows: list[Mapping[str, float]]) -> dict[str, list[float]]:
-    """Per column (and the two gains), in percent: [mean, std, 95% half-width] over the rows (seeds)."""
-    return {key: mean_sd_half([100 * r[key] for r in rows]) for key in COLUMNS + ["gain", "ensemble_gain"]}
+    """Per column (T₀ and the gains too), in percent: [mean, std, 95% half-width] over the rows (seeds)."""
+    return {key: mean_sd_half([100 * r[key] for r in rows])
+            for key in COLUMNS + ["warmup", "gain", "gain_vs_best_ticket", "ensemble_gain"]}
+
+
+def effects(gain: Mapping[tuple[str, ...], Mapping[int, float]], levels: Sequence[Sequence[str]],
+            names: Sequence[str]) -> list[dict]:
+    """The effect of each factor's level against its first level on the gain, paired by seed.
+
+    `gain[cell][seed]`: the gain of one run, cells being one level per factor (in `levels` order). For
+    factor f and level b ≠ a (its first), each seed's effect is the mean over the other factors'
+    combinations of gain(…b…) − gain(…a…); the result is [mean, std, 95% half-width] over the seeds that
+    have every run of both levels. Factors with one level are skipped."""
+    out = []
+    for f, (name, lv) in enumerate(zip(names, levels)):
+        others = [levels[j] for j in range(len(levels)) if j != f]
+        for b in lv[1:]:
+            seeds = set.intersection(*[set(runs) for runs in gain.values()]) if gain else set()
+            per_seed = []
+            for s in sorted(seeds):
+                diffs = []
+                for rest in itertools.product(*others):
+                    cell_a, cell_b = list(rest), list(rest)
+                    cell_a.insert(f, lv[0])
+                    cell_b.insert(f, b)
+                    if tuple(cell_a) in gain and tuple(cell_b) in gain:
+                        diffs.append(gain[tuple(cell_b)][s] - gain[tuple(cell_a)][s])
+                if diffs and len(diffs) == len(list(itertools.product(*others))):
+                    per_seed.append(sum(diffs) / len(diffs))
+            if per_seed:
+                out.append({"factor": name, "level": b, "versus": lv[0], "n": len(per_seed),
+                            "effect": mean_sd_half(per_seed)})
+    return out
 
 
 TABLE_HEADER = [f"| sparsity | {' | '.join(COLUMNS)} | gain (pts) | 95% CI |", "|" + "---|" * (len(COLUMNS) + 3)]

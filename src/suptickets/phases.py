@@ -135,7 +135,7 @@ def cycles(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, 
     t, d = cfg["tickets"], cfg["dst"]
     length = t["cycle_epochs"]
     masked = Masked(model, optimizer, check_ranks=cfg.get("launcher", {}).get("check_sync", False))
-    re_explore = ReExplore(first_epoch, length, t["re_explore_rate"], d["method"], cfg["seed"])
+    re_explore = ReExplore(first_epoch, length, t["re_explore_rate"], d["method"], cfg["seed"], d["repicked"])
     flops.begin(step)
 
     def epoch_done(row):

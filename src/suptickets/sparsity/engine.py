@@ -9,8 +9,10 @@ plain SGD (see `step_keeps_zeros`); the topology decisions are the pure function
 
 Order of a step with a topology update, as the reference: backward → the dense gradient kept →
 gradients masked → optimizer step → weights masked → prune and regrow (`Topology.update`), regrowth
-ranked by the kept dense gradient. So a regrown weight is exactly 0 with zero momentum when the
-update ends, and first moves on the next step.
+ranked by the kept dense gradient. A newly grown weight (inactive before the update) is exactly 0
+with zero momentum when the update ends, and first moves on the next step. A re-picked weight
+(pruned and regrown in the same update) keeps its value and momentum, as in the reference, which
+only rewrites the masks (`dst.repicked: keep`); `dst.repicked: zero` resets it like a new one.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..choices import GROW_RULE
+from ..choices import GROW_RULE, REPICKED
 from ..schedules import prune_window
 from . import MASK_BUFFER
 from .dst import cubic_density, global_magnitude_prune, prune_and_regrow, prune_rate_at
@@ -142,7 +144,8 @@ class Masked:
 
     @torch.no_grad()
     def set_masks(self, new: Sequence[torch.Tensor], grown: Sequence[torch.Tensor] | None = None) -> None:
-        """Install new masks; grown positions start at zero weight and zero momentum."""
+        """Install new masks: weights and momentum outside them become zero, and so do the `grown`
+        positions (each layer's bool tensor) where given. Positions inactive before are zero already."""
         for i, (w, m) in enumerate(zip(self.weights, self.masks)):
             m.copy_(new[i])
             keep = m if grown is None else m * (~grown[i]).to(m.dtype)
@@ -154,17 +157,21 @@ class Masked:
             self.assert_ranks_agree()
 
     def prune_and_regrow(self, rate: float, rule: str, generator: torch.Generator,
-                         grads: Sequence[torch.Tensor | None]) -> None:
+                         grads: Sequence[torch.Tensor | None], repicked: str = "keep") -> None:
         """Per layer, move round(rate·active) weights: magnitude prune, regrow by `rule` (`grads`:
-        the dense gradient of each weight, from `dense_grads()`)."""
-        new, grown = [], []
+        the dense gradient of each weight, from `dense_grads()`). `repicked` (`dst.repicked`): a weight
+        pruned and regrown in this update keeps its value and momentum (`keep`, the reference's rule)
+        or restarts at zero like a newly grown one (`zero`)."""
+        if repicked not in REPICKED:
+            raise ValueError(f"dst.repicked must be one of {list(REPICKED)}, got {repicked!r}")
+        new, regrown = [], []
         for w, m, grad in zip(self.weights, self.masks, grads):
             mask = m.bool()
             n = round(rate * int(mask.sum()))
             nm, g = prune_and_regrow(w.detach(), mask, n, rule, grad=grad, generator=generator)
             new.append(nm)
-            grown.append(g)
-        self.set_masks(new, grown)
+            regrown.append(g)
+        self.set_masks(new, regrown if repicked == "zero" else None)
 
     def global_prune(self, keep: int) -> None:
         new = global_magnitude_prune([w.detach() for w in self.weights], [m.bool() for m in self.masks], keep)
@@ -211,6 +218,7 @@ class DST:
     init_density: float | None = None
     prune_start_step: int = 0
     prune_end_step: int = 0
+    repicked: str = "keep"
 
     @classmethod
     def from_config(cls, dst: dict, *, steps_per_epoch: int, epochs: int, budget_epochs: int, seed: int) -> "DST":
@@ -223,7 +231,8 @@ class DST:
                    total_steps=total, stop_step=int(dst["stop_fraction"] * total), seed=seed,
                    target_density=dst["density"],
                    init_density=dst["init_density"] if granet else None,
-                   prune_start_step=first * steps_per_epoch, prune_end_step=last * steps_per_epoch)
+                   prune_start_step=first * steps_per_epoch, prune_end_step=last * steps_per_epoch,
+                   repicked=dst["repicked"])
 
     @property
     def initial_density(self) -> float:
@@ -243,7 +252,8 @@ class DST:
             if masked.active() > keep:
                 masked.global_prune(keep)
         rate = prune_rate_at(step, self.total_steps, self.prune_rate, self.prune_rate_decay)
-        masked.prune_and_regrow(rate, GROW_RULE[self.method], update_generator(self.seed, step), grads)
+        masked.prune_and_regrow(rate, GROW_RULE[self.method], update_generator(self.seed, step), grads,
+                                self.repicked)
 
     def finish(self, masked: Masked) -> None:
         """GraNet: make sure the phase ends at the budget even if no update fell after the schedule's end."""
@@ -264,9 +274,11 @@ class ReExplore:
     rate: float
     method: str
     seed: int
+    repicked: str = "keep"
 
     def due(self, step: int, epoch: int, i: int) -> bool:
         return self.rate > 0 and i == 0 and (epoch - self.first_epoch) % self.length == 0
 
     def update(self, masked: Masked, step: int, grads: Sequence[torch.Tensor | None]) -> None:
-        masked.prune_and_regrow(self.rate, GROW_RULE[self.method], update_generator(self.seed, step), grads)
+        masked.prune_and_regrow(self.rate, GROW_RULE[self.method], update_generator(self.seed, step), grads,
+                                self.repicked)
