@@ -127,8 +127,8 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor
     """One optimizer step, as every stage takes it (the lr is already set): forward; backward; if
     `topology.due(step, epoch, i)`, a copy of the dense gradients is kept; gradients masked;
     optimizer step; `masked.apply()` (weights masked again, except after plain SGD, whose steps keep
-    them at zero); then `topology.update(masked, step, grads)`, so regrown weights start at zero
-    with zero momentum and first move on the next step. Returns the detached loss and logits."""
+    them at zero); then `topology.update(masked, step, grads)`, so newly grown weights start at
+    zero with zero momentum and first move on the next step. Returns the detached loss and logits."""
     speed = speed or Speed()
     optimizer.zero_grad(set_to_none=True)
     with speed.autocast(x.device):
