@@ -116,5 +116,5 @@ def test_gain_collect_only_with_nothing_to_collect_says_what_to_run(smoke_repo):
                           cwd=smoke_repo, env=env_for(smoke_repo), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stdout == ""
     [line] = proc.stderr.strip().splitlines()
-    assert "no finished experiments named absent-d<density>-s<seed>" in line
+    assert "no finished experiments named absent-<levels>-s<seed>" in line
     assert "run `python benchmarks/gain.py` without --collect-only first" in line
