@@ -8,7 +8,8 @@ Each job works in its own folder (`hydra.sweep.dir/<job number>`): the chain's i
 not produce itself are linked there from the project (see suptickets.sweep), its outputs and W&B
 runs stay there, next to Hydra's `.hydra/` record of the job's config and overrides. Without `-m`
 the chain works the same way in a run folder of its own (`outputs/<date>/<time>-chain`, or
-`hydra.run.dir`), like a stage run by hand. `+chain` defaults to every stage after prepare.
+`hydra.run.dir`), like a stage run by hand. `+chain` defaults to every stage after prepare
+but landscape, which nothing reads (name it to add it).
 """
 
 import os

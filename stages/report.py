@@ -82,6 +82,7 @@ def run(s: Stage) -> None:
                                    {"warmup": masks(files["warmup"]), "tickets": tickets,
                                     "superposed": masks(files["superposed"])}, FIGURES)
     text = report.summary_markdown(cfg, evaluate, figures, base=SUMMARY.parent)
+    text += "\n" + report.landscape_markdown(FIGURES / report.LANDSCAPE_FIGURE, base=SUMMARY.parent)
     if EXPORT.is_file():  # a chain of stages without export has none
         export = read_json(EXPORT)
         figures["export_size"] = plot_export_size(export, FIGURES / "export_size.png")

@@ -17,7 +17,7 @@ from suptickets.comparison import percent, summary
 
 pytestmark = pytest.mark.e2e
 INTENDED_PLOTS = {"val_acc", "lr", "density", "superpose", *(f"plots/{p}.png" for p in (
-    "val_acc", "lr", "density", "test_acc", "layer_density", "mask_overlap", "export_size"))}
+    "val_acc", "lr", "density", "test_acc", "layer_density", "mask_overlap", "export_size", "landscape"))}
 
 
 def test_summary_is_evaluate_in_percent_and_points(smoke_repo):
@@ -91,10 +91,10 @@ def test_compare_shows_one_row_per_experiment_gains_in_points(queued_repo):
 
 def test_a_fresh_run_says_where_it_stands_with_no_earlier_times(smoke_repo):
     first = (smoke_repo / "exp_run.log").read_text()  # a fresh repository: no times yet
-    assert "[1/9] prepare — no earlier times to estimate what is left (9 stage(s) expected)" in first
-    stages = ["dense", "sparse_baseline", "warmup", "tickets", "superpose", "export", "evaluate", "report"]
+    assert "[1/10] prepare — no earlier times to estimate what is left (10 stage(s) expected)" in first
+    stages = ["dense", "sparse_baseline", "warmup", "tickets", "superpose", "export", "evaluate", "report", "landscape"]
     for i, stage in enumerate(stages, 2):
-        assert f"[{i}/9] {stage} — " in first, stage
+        assert f"[{i}/10] {stage} — " in first, stage
     times = json.loads((smoke_repo / ".cache/suptickets/stage_times.json").read_text())["smoke"]
     assert set(times) == {"prepare", *stages}
 

@@ -15,7 +15,7 @@ def test_a_rerun_stage_brings_everything_that_reads_it():
     def run_all_from(stage):
         return expected_stages(STAGES, stage, missing=lambda p: False, changed={stage}, recorded=set(ORDER))
 
-    assert run_all_from("warmup") == ["warmup", "tickets", "superpose", "export", "evaluate", "report"]
+    assert run_all_from("warmup") == ["warmup", "tickets", "superpose", "export", "evaluate", "report", "landscape"]
     assert run_all_from("dense") == ["dense", "evaluate", "report"]
     assert run_all_from("prepare") == ORDER
     assert run_all_from("report") == ["report"]
@@ -28,15 +28,16 @@ def test_expected_stages_after_a_superpose_setting_changed():
     assert changed == {"superpose"}
     # at dense (a hand-picked start): only what reads dense, and superpose whose params changed
     assert expected_stages(STAGES, "dense", missing=lambda p: False, changed=changed,
-                           recorded=set(ORDER)) == ["dense", "superpose", "export", "evaluate", "report"]
+                           recorded=set(ORDER)) == ["dense", "superpose", "export", "evaluate", "report", "landscape"]
     assert expected_stages(STAGES, "superpose", missing=lambda p: False, changed=changed,
-                           recorded=set(ORDER)) == ["superpose", "export", "evaluate", "report"]
+                           recorded=set(ORDER)) == ["superpose", "export", "evaluate", "report", "landscape"]
 
 
 def test_expected_stages_of_a_fresh_clone_are_all_the_rest():
     assert expected_stages(STAGES, "prepare", missing=lambda p: True, changed=set(), recorded=set()) == ORDER
     assert expected_stages(STAGES, "dense", missing=lambda p: p.startswith("models/warmup"), changed=set(),
-                           recorded=set(ORDER)) == ["dense", "warmup", "tickets", "superpose", "export", "evaluate", "report"]
+                           recorded=set(ORDER)) == ["dense", "warmup", "tickets", "superpose", "export", "evaluate",
+                                                    "report", "landscape"]
 
 
 def test_a_changed_code_file_counts_folders_are_not_judged():
@@ -51,11 +52,11 @@ def test_the_line_names_the_place_and_the_time_left():
     times = {"warmup": 100.0, "tickets": 40.0, "superpose": 10.0, "evaluate": 5.0, "report": 5.0}
     expected = ["warmup", "tickets", "superpose", "evaluate", "report"]
     assert progress_line(ORDER, "warmup", expected, times) == \
-        "[4/9] warmup — about 2m40s left (last run's times)"
+        "[4/10] warmup — about 2m40s left (last run's times)"
     assert progress_line(ORDER, "warmup", expected, {"warmup": 30}) == \
-        "[4/9] warmup — about 30s left (last run's times; none yet for tickets, superpose, evaluate, report)"
+        "[4/10] warmup — about 30s left (last run's times; none yet for tickets, superpose, evaluate, report)"
     assert progress_line(ORDER, "prepare", ORDER, {}) == \
-        "[1/9] prepare — no earlier times to estimate what is left (9 stage(s) expected)"
+        "[1/10] prepare — no earlier times to estimate what is left (10 stage(s) expected)"
 
 
 def test_durations_read_like_a_clock():

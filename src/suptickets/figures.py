@@ -262,3 +262,50 @@ def plot_export_size(export: Mapping, path) -> Path:
     ax.legend(loc="upper center", ncol=3, fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def short_name(name: str) -> str:
+    """A model's name in a figure: warmup -> T0, ticket_03 -> T3, superposed -> S."""
+    if is_ticket(name):
+        return f"T{int(name.rsplit('_', 1)[1])}"
+    return {"warmup": "T0", "superposed": "S"}.get(name, name)
+
+
+def plot_landscape(lines: Mapping[str, Mapping], endpoints: Mapping[str, Mapping], path, *,
+                   bn_update: bool = True) -> Path:
+    """(h) test accuracy (top) and loss (bottom) along the straight lines T0 → T_k (left) and
+    T_k → S (right), over α (metrics/landscape.json's `lines`): each line coloured by its ticket,
+    its barrier in the legend; open diamonds at the ends give each end point with its BatchNorm
+    statistics recomputed (`endpoints`), so the part of a dip that BatchNorm alone explains shows."""
+    tickets = sorted({n for line in lines.values() for n in (line["from"], line["to"]) if is_ticket(n)})
+    cmap = matplotlib.colormaps["viridis"]
+    colors = {n: cmap(0.1 + 0.7 * i / max(len(tickets) - 1, 1)) for i, n in enumerate(tickets)}
+    colors["warmup"] = COLORS["warmup"]
+    panels = [[line for line in lines.values() if line["to"] != "superposed"],
+              [line for line in lines.values() if line["to"] == "superposed"]]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.8), sharex=True, sharey="row")
+    for col, (panel, title) in enumerate(zip(panels, ("from T0 (warmup) to each ticket",
+                                                       "from T0 and each ticket to the superposed model S"))):
+        for row, key in enumerate(("test_acc", "test_loss")):
+            ax = axes[row, col]
+            for line in panel:
+                color = colors.get(line["to"] if line["to"] != "superposed" else line["from"], "0.4")
+                label = (f"{short_name(line['from'])} → {short_name(line['to'])}: barrier "
+                         f"{100 * line['barrier']:.2f} pts")
+                ax.plot(line["alpha"], line[key], "-o", color=color, ms=3.5, lw=1.5, label=label)
+                ax.plot([0, 1], [endpoints[line["from"]][f"bn_recomputed_{key}"],
+                                 endpoints[line["to"]][f"bn_recomputed_{key}"]], "D", mfc="none", color=color, ms=7)
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(title, fontsize=10)
+                ax.legend(loc="lower center", fontsize=7)
+            else:
+                ax.set_xlabel("α (0: the first model, 1: the second)")
+        axes[0, 0].set_ylabel("test accuracy")
+        axes[1, 0].set_ylabel("test loss")
+    between = "re-pruned to the budget" + (", BatchNorm recomputed" if bn_update else "")
+    fig.suptitle(f"Test accuracy and loss on straight lines between the models (points between the ends: "
+                 f"{between};\nends: the models as evaluated; open diamonds: an end with BatchNorm recomputed)",
+                 fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -223,6 +223,22 @@ def export_markdown(export: Mapping, figure: str | os.PathLike, base: str | os.P
     return "\n".join(lines)
 
 
+LANDSCAPE_FIGURE = "landscape.png"  # written by the landscape stage, which the report neither runs nor reads
+
+
+def landscape_markdown(figure: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
+    """The summary's section on the landscape between the tickets: a static link to the landscape
+    stage's figure (the report does not read or need it, so it may be missing) and what it shows."""
+    rel = Path(os.path.relpath(figure, base)) if base is not None else Path(figure)
+    caption = "Test accuracy between the tickets"
+    return "\n".join([
+        "## The landscape between the tickets", "",
+        "Test accuracy and loss along straight lines from T0 to each ticket and from T0 and each ticket to the "
+        "superposed model, which show whether the models averaged lie in one basin (barriers in "
+        "`metrics/landscape.json`); if the figure is missing, `dvc repro landscape` makes it.", "",
+        f"![{caption}]({rel.as_posix()})", ""])
+
+
 def config_line(cfg: Mapping) -> str:
     """The experiment in one line."""
     t, d, s = cfg["tickets"], cfg["dst"], cfg["superpose"]

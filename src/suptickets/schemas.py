@@ -1,4 +1,5 @@
-"""Pandera schemas for the pipeline's tables: data summaries, training histories, evaluations.
+"""Pandera schemas for the pipeline's tables: data summaries, training histories, evaluations, the
+landscape between the tickets.
 
 Every validate_* function raises ValidationFailed (a ValueError) whose message lists each failure
 as `column '<name>' failed check '<check>'` followed by pandera's own report.
@@ -20,6 +21,7 @@ from suptickets.prepared import summary_tables
 
 HISTORY_COLUMNS = history.HISTORY_COLUMNS
 EVALUATION_COLUMNS = ["model", "test_acc", "test_loss", "density"]
+LANDSCAPE_COLUMNS = ["line", "from", "to", "alpha", "test_acc", "test_loss"]
 
 MAX_LISTED_FAILURES = 20
 _COLUMN_PRESENCE_CHECKS = {
@@ -249,13 +251,20 @@ def validate_history(df: pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFram
     return _validate(history_schema(extra), df, "training history", ["epoch"])
 
 
+def _accuracy() -> pa.Column:
+    return pa.Column(float, pa.Check.in_range(0, 1), coerce=True)
+
+
+def _loss(nullable: bool = False) -> pa.Column:
+    return pa.Column(float, [pa.Check.ge(0), _finite()], nullable=nullable, coerce=True)
+
+
 def evaluation_schema() -> pa.DataFrameSchema:
     return pa.DataFrameSchema(
         {
             "model": pa.Column(str, unique=True),
-            "test_acc": pa.Column(float, pa.Check.in_range(0, 1), coerce=True),
-            "test_loss": pa.Column(float, [pa.Check.ge(0), _finite()], nullable=True,
-                                   coerce=True),
+            "test_acc": _accuracy(),
+            "test_loss": _loss(nullable=True),
             "density": pa.Column(float, pa.Check.in_range(0, 1, include_min=False),
                                  nullable=True, coerce=True),
         },
@@ -266,6 +275,42 @@ def evaluation_schema() -> pa.DataFrameSchema:
 def validate_evaluation(df: pd.DataFrame) -> pd.DataFrame:
     """Validate the evaluation table: one row per model (extra columns pass unchecked)."""
     return _validate(evaluation_schema(), df, "evaluation table", ["model"])
+
+
+def landscape_schema(alphas: Sequence[float]) -> pa.DataFrameSchema:
+    """The landscape's points: one row per line and α, every line at exactly `alphas`, in order."""
+    alphas = [float(a) for a in alphas]
+
+    def every_line_at_the_alphas(df: pd.DataFrame) -> bool:
+        return all(list(group) == alphas for _, group in df.groupby("line", sort=False)["alpha"])
+
+    return pa.DataFrameSchema(
+        {
+            "line": pa.Column(str),
+            "from": pa.Column(str),
+            "to": pa.Column(str),
+            "alpha": pa.Column(float, pa.Check.in_range(0, 1), coerce=True),
+            "test_acc": _accuracy(),
+            "test_loss": _loss(),
+        },
+        checks=[pa.Check(every_line_at_the_alphas, name="every_line_at_the_alphas",
+                         error=f"every line must hold one point at each alpha of {alphas}, in order")],
+        unique=["line", "alpha"], strict=True, name="landscape table",
+    )
+
+
+def landscape_endpoints_schema() -> pa.DataFrameSchema:
+    """The landscape's end points: the evaluation table's columns, and the same model's accuracy and
+    loss with BatchNorm statistics recomputed."""
+    return evaluation_schema().add_columns({"bn_recomputed_test_acc": _accuracy(),
+                                            "bn_recomputed_test_loss": _loss()}).set_name("landscape end points")
+
+
+def validate_landscape(points: pd.DataFrame, endpoints: pd.DataFrame,
+                       alphas: Sequence[float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validate the landscape's points (columns LANDSCAPE_COLUMNS) and its end points."""
+    return (_validate(landscape_schema(alphas), points, "landscape table", ["line", "alpha"]),
+            _validate(landscape_endpoints_schema(), endpoints, "landscape end points", ["model"]))
 
 
 def manifest_schema(num_classes: int | None = None) -> pa.DataFrameSchema:

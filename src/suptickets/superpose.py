@@ -3,16 +3,27 @@
 Pure functions over state dicts (`dict[str, Tensor]`); inputs are never modified. Floating-point
 tensors are averaged with the explicit formula (1 - w) * prev + w * new in their own dtype;
 integer tensors (e.g. BatchNorm's num_batches_tracked) are taken from the newer state.
+
+At the end, what the `superpose` and `landscape` stages share around them: the model files they
+combine (T0 and the tickets, checked against T0's masked layers), and a state put into a model with
+its BatchNorm statistics recomputed.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim.swa_utils import update_bn
 
+from suptickets.artifacts import model_files
 from suptickets.choices import REPRUNE_MODES, SCOPES, SUPERPOSE_METHODS as METHODS
+from suptickets.comparison import is_ticket
+from suptickets.errors import BadModelFile, MissingInput
+from suptickets.runtime import read_model_file
+from suptickets.sparsity.engine import attach_masks
 from suptickets.sparsity.masks import global_topk_masks, topk_mask
 
 
@@ -118,3 +129,39 @@ def superpose_steps(
             yield k, pruned, masks
 
     return steps()
+
+
+# ----------------------------------------------------------------------------------------------
+# the models on disk, and a state on a model (the superpose and landscape stages)
+
+
+def read_t0(model: nn.Module) -> tuple[tuple[State, dict[str, Tensor]], list[Path], list[int]]:
+    """What superposition starts from: T0's (state, masks) from models/warmup.safetensors, checked
+    against `model`; the tickets' files, in order; and the budget, T0's weights per masked tensor
+    (in the order of its masks)."""
+    tickets = [p for name, p in model_files().items() if is_ticket(name)]
+    if not tickets:
+        raise MissingInput("models/tickets: no ticket_*.safetensors; run the tickets stage first")
+    t0 = read_model_file("models/warmup.safetensors", model)
+    return t0, tickets, [int(m.sum()) for m in t0[1].values()]
+
+
+def read_like_t0(path: str | Path, model: nn.Module, masked_keys: Sequence[str]) -> tuple[State, dict[str, Tensor]]:
+    """(state, masks) of a ticket's (or the superposed model's) file, checked against the
+    architecture; its masks must cover the same layers as T0's (`masked_keys`)."""
+    state, masks = read_model_file(path, model)
+    if set(masks) != set(masked_keys):
+        raise BadModelFile(f"{path}: masks {sorted(set(masks) ^ set(masked_keys))[:3]} differ from "
+                           f"models/warmup.safetensors's masked layers")
+    return state, masks
+
+
+def load_state(model: nn.Module, state: State, masks: dict[str, Tensor], bn_batches=None) -> nn.Module:
+    """Put `state` (every weight of the architecture, as `read_model_file` checks) and its masks into
+    `model`; with `bn_batches` (a `Batches`), recompute BatchNorm's running statistics with one pass
+    over them in train mode (torch.optim.swa_utils.update_bn)."""
+    model.load_state_dict(state, strict=False)  # only the mask buffers are absent
+    attach_masks(model, masks)
+    if bn_batches is not None:
+        update_bn(bn_batches.epoch(), model)
+    return model
