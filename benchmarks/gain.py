@@ -1,7 +1,7 @@
 """Does superposing tickets beat the DST method alone at the same sparsity and cost, and which settings
 decide it?
 
-Queues the whole DAG as DVC experiments (`dvc exp run --queue`), one per cell of a factorial grid and
+Queues the DAG up to `evaluate` as DVC experiments (`dvc exp run --queue evaluate`), one per cell of a factorial grid and
 seed, runs the queue, and prints per cell the test accuracy of each model and the paired gains
 superposed − sparse_baseline and superposed − best ticket with 95% t intervals over seeds; for every
 factor with several levels, its effect on the gain (paired by seed, averaged over the other factors).
@@ -65,13 +65,13 @@ def plan(factors: list[tuple[list[str], list[list[str]]]], seeds: int, prefix: s
     return cells
 
 
-def queue(names: dict[str, list[str]], jobs: int) -> None:
+def queue(names: dict[str, list[str]], jobs: int, stages: list[str]) -> None:
     existing = _common.dvc("exp", "list", "--name-only", check=False).split()
     stale = [n for n in names if n in existing]
     if stale:
         _common.dvc("exp", "remove", *stale)
     for name, overrides in names.items():
-        _common.dvc("exp", "run", "--queue", "--name", name, *[a for o in overrides for a in ("-S", o)])
+        _common.dvc("exp", "run", "--queue", "--name", name, *[a for o in overrides for a in ("-S", o)], *stages)
     _common.dvc("queue", "start", "-j", str(jobs))
     while re.search(r"\b(Queued|Running)\b", _common.dvc("queue", "status")):
         time.sleep(10)
@@ -213,6 +213,10 @@ def main() -> int:
                          "-S experiment=smoke)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="queue workers, `dvc queue start -j` (default %(default)s; with 2 use -S threads=1 on 2 cores)")
+    ap.add_argument("--stages", nargs="+", default=["evaluate"], metavar="STAGE",
+                    help="the stages each experiment reproduces with what they depend on, as `dvc exp run STAGE` "
+                         "(default %(default)s: the gains need nothing after it; export, report and landscape "
+                         "are skipped; pass landscape to run it for every run)")
     ap.add_argument("--prefix", default=None,
                     help="experiment names are <prefix>-<level>-...-s<seed> (default gain; grid with --grid); "
                          "existing ones of the same name are replaced")
@@ -246,7 +250,7 @@ def main() -> int:
         print(f"{len(cells)} cells x {seeds} seeds = {len(names)} experiments")
         return 0
     if not args.collect_only:
-        queue(names, args.jobs)
+        queue(names, args.jobs, args.stages)
     found = results(list(names))
     if not found:
         print(f"error: no finished experiments named {prefix}-<levels>-s<seed> to tabulate; run "
