@@ -366,7 +366,7 @@ def _interrupt(signum, frame) -> None:
 
 def _fail(name: str, err: Exception) -> None:
     lines = str(err).strip().splitlines() or [type(err).__name__]
-    for line in lines:
-        print(f"error: {name}: {line}", file=sys.stderr)
+    for line in lines:  # a message that already names the stage (TrainingDiverged does) is not named twice
+        print(f"error: {name}: {line.removeprefix(f'{name}: ')}", file=sys.stderr)
     sys.exit(2)
 

@@ -5,6 +5,7 @@ bug and keeps its traceback (exit 1)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,18 @@ def test_a_missing_input_model_is_one_line_exit_2(small_project):
     assert proc.returncode == 2, proc.stderr
     assert error_lines(proc) == ["error: tickets: models/warmup.safetensors: no such file"]
     assert tree(project) == before
+
+
+def test_a_nan_at_a_topology_update_is_one_line_exit_2_and_nothing_is_written(small_project):
+    """Divergence found before an update (the ranking would see NaN): the stage named once, epoch and step."""
+    before = tree(small_project)
+    proc = run_stage(small_project, "sparse_baseline", "train.lr=1e30", "dst.update_frequency=1")
+    assert proc.returncode == 2, proc.stderr
+    (line,) = error_lines(proc)
+    assert re.fullmatch(r"error: sparse_baseline: training diverged \(loss (nan|inf)\) at epoch 1, step \d+, "
+                        r"before a topology update; lower train.lr or tickets.lr_max", line), line
+    assert "Traceback" not in proc.stderr
+    assert tree(small_project) == before
 
 
 @pytest.mark.parametrize("corrupt,raised", [

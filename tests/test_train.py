@@ -55,6 +55,19 @@ def test_divergence_stops_with_stage_epoch_and_step():
                      lr_at=lambda e, i: 1e30, stage="warmup")
 
 
+def test_a_nan_reaching_a_topology_update_is_training_diverged_with_stage_epoch_and_step():
+    """Before the check, the update's ranking raised `ValueError: cannot rank values containing NaN`."""
+    from suptickets.sparsity.engine import DST, Masked, init_masks
+    model, opt, data = fresh()
+    init_masks(model, 0.3, "erk", False, torch.Generator().manual_seed(0))
+    rule = DST.from_config(dst_cfg("rigl", update_frequency=2), steps_per_epoch=len(data["train"]), epochs=2,
+                           budget_epochs=2, seed=0)
+    with pytest.raises(TrainingDiverged, match=r"^sparse_baseline: training diverged \(loss (nan|inf)\) at epoch 1, "
+                                               r"step \d+, before a topology update; lower train.lr"):
+        train_epochs(model, opt, data["train"], data["val"], epochs=range(2), step=0, lr_at=lambda e, i: 1e30,
+                     masked=Masked(model, opt), topology=rule, stage="sparse_baseline")
+
+
 def test_cycles_set_the_triangular_lr_every_step_reexplore_once_per_cycle_and_save_tickets():
     model, opt, data = fresh()
     c = cfg()

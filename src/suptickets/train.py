@@ -123,12 +123,14 @@ def progress_postfix(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, l
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
                step: int, epoch: int = 0, i: int = 0, masked: Masked | None = None,
                topology: Topology | None = None, speed: "Speed | None" = None,
-               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+               label_smoothing: float = 0.0, stage: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step, as every stage takes it (the lr is already set): forward; backward; if
     `topology.due(step, epoch, i)`, a copy of the dense gradients is kept; gradients masked;
     optimizer step; `masked.apply()` (weights masked again, except after plain SGD, whose steps keep
     them at zero); then `topology.update(masked, step, grads)`, so newly grown weights start at
-    zero with zero momentum and first move on the next step. Returns the detached loss and logits."""
+    zero with zero momentum and first move on the next step. Before an update, a non-finite loss,
+    weight or dense gradient raises `TrainingDiverged` (the update would rank NaNs); other steps
+    are checked once per epoch by `train_epochs`. Returns the detached loss and logits."""
     speed = speed or Speed()
     optimizer.zero_grad(set_to_none=True)
     with speed.autocast(x.device):
@@ -142,8 +144,20 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor
     if masked is not None:
         masked.apply()
     if grads is not None:
+        check_finite_before_update(loss, masked, grads, stage=stage, epoch=epoch, step=step)
         topology.update(masked, step, grads)
     return loss.detach(), out.detach()
+
+
+def check_finite_before_update(loss: torch.Tensor, masked: Masked, grads, *, stage: str, epoch: int,
+                               step: int) -> None:
+    """Raise `TrainingDiverged` (stage, 1-based epoch, step) if the loss, a masked weight or a dense
+    gradient a topology update would rank is NaN or infinite; one host sync, on update steps only."""
+    tensors = [loss.detach().reshape(1).float(), *(w.detach().reshape(-1) for w in masked.weights),
+               *(g.reshape(-1) for g in grads if g is not None)]
+    if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise TrainingDiverged(f"{stage}: training diverged (loss {loss.item()}) at epoch {epoch + 1}, step {step}, "
+                               "before a topology update; lower train.lr or tickets.lr_max")
 
 
 def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batches, val: Batches, *,
@@ -176,7 +190,8 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batc
             lr = lr_at(epoch, i)
             set_lr(optimizer, lr)
             loss, out = train_step(net, optimizer, x, y, step=step, epoch=epoch, i=i, masked=masked,
-                                   topology=topology, speed=speed, label_smoothing=label_smoothing)
+                                   topology=topology, speed=speed, label_smoothing=label_smoothing,
+                                   stage=stage)
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
             loss_sum += loss * y.shape[0]
             correct += (out.argmax(1) == y).sum()
