@@ -17,8 +17,9 @@ def test_every_project_error_is_a_suptickets_error_and_keeps_its_old_base():
     assert issubclass(errors.ConfigError, ValueError) and issubclass(errors.DataError, ValueError)
     assert issubclass(errors.TrainingDiverged, RuntimeError) and issubclass(errors.MissingInput, FileNotFoundError)
     assert issubclass(errors.BadModelFile, errors.BadInputFile)
+    assert issubclass(errors.SparseFileError, errors.BadModelFile) and issubclass(errors.VerificationFailed, ValueError)
     for name in ("ConfigError", "DataError", "ValidationFailed", "TrainingDiverged", "MissingInput",
-                 "BadInputFile", "BadModelFile"):
+                 "BadInputFile", "BadModelFile", "SparseFileError", "VerificationFailed"):
         assert issubclass(getattr(errors, name), errors.SupticketsError), name
     from suptickets.config import ConfigError
     from suptickets.errors import DataError

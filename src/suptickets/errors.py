@@ -43,3 +43,11 @@ class BadInputFile(SupticketsError, ValueError):
 
 class BadModelFile(BadInputFile):
     """A model, optimizer or checkpoint file does not fit the configured architecture or the budget."""
+
+
+class SparseFileError(BadModelFile):
+    """A sparse model file that cannot be loaded; the message names the file and the key."""
+
+
+class VerificationFailed(SupticketsError, ValueError):
+    """An exported sparse model does not compute the masked model's predictions (within the tolerance)."""

@@ -43,6 +43,7 @@ from torch.fx.experimental.optimization import fuse
 
 from .artifacts import load_tensors, save_tensors
 from .choices import KERNELS
+from .errors import SparseFileError, VerificationFailed
 from .models import build_model
 from .sparsity import MASK_BUFFER
 from .sparsity.engine import masks_of
@@ -51,14 +52,6 @@ FORMAT = "suptickets.sparse/1"
 METADATA_KEY = "suptickets.sparse"
 PARTS = ("values", "crow_indices", "col_indices", "shape")
 TOLERANCE = 1e-4  # max |logit difference| allowed between the exported and the masked model
-
-
-class SparseFileError(ValueError):
-    """A sparse model file that cannot be loaded; the one-line message names the file and the key."""
-
-
-class VerificationFailed(ValueError):
-    """The exported model does not compute the masked model's predictions."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -321,7 +314,7 @@ def _read_csr(path: Path, key: str, tensors: Mapping[str, Tensor], shape: Sequen
 
 
 def load(path: str | Path, kernel: str = "auto", batch_sizes: Sequence[int] = (1, 256), repeats: int = 10,
-         model: nn.Module | None = None) -> torch.fx.GraphModule:
+         model: nn.Module | None = None, timer: Callable | None = None) -> torch.fx.GraphModule:
     """The sparse file at `path` as an eval-mode inference module on CPU.
 
     `kernel`: "csr", "dense", or "auto" (time both for each CSR layer, here, at each of
@@ -329,6 +322,7 @@ def load(path: str | Path, kernel: str = "auto", batch_sizes: Sequence[int] = (1
     where the whole model runs faster so; `kernels(module)` tells the choice, `module.layer_seconds`
     and `module.model_seconds` the times).
     `model`: the bare architecture the file must fit (default: the one its metadata records).
+    `timer`: how "auto" times the kernels (default `medians`; see `choose_kernels`).
     Raises SparseFileError naming the file and the key when the file does not fit the architecture
     or an index array is corrupted."""
     if kernel not in KERNELS:
@@ -377,7 +371,8 @@ def load(path: str | Path, kernel: str = "auto", batch_sizes: Sequence[int] = (1
     folded.eval().requires_grad_(False)
     folded.layer_seconds, folded.model_seconds = {}, {}
     if kernel == "auto":
-        folded.layer_seconds, folded.model_seconds = _choose_kernels(folded, arch["input_shape"], batch_sizes, repeats)
+        folded.layer_seconds, folded.model_seconds = choose_kernels(folded, arch["input_shape"], batch_sizes, repeats,
+                                                                     timer=timer or medians)
     else:
         for layer in sparse_layers(folded).values():
             layer.use({int(b): kernel for b in batch_sizes})
@@ -424,12 +419,25 @@ def input_shapes(model: nn.Module, modules: Mapping[str, nn.Module], input_shape
     return shapes
 
 
-def _choose_kernels(model: nn.Module, input_shape: Sequence[int], batch_sizes: Sequence[int],
-                    repeats: int, seed: int = 0) -> tuple[dict, dict]:
+def layer_kernels(times: Mapping[int, Mapping[str, float]]) -> dict[int, str]:
+    """{batch size: {"dense": s, "csr": s}} -> {batch size: the faster kernel} (dense on a tie)."""
+    return {b: "csr" if t["csr"] < t["dense"] else "dense" for b, t in times.items()}
+
+
+def keeps_choice(model_times: Mapping[str, float]) -> bool:
+    """Whether the whole model at one batch size keeps the layers' choices ({"chosen", "dense"} seconds):
+    only where it is not slower than with dense kernels everywhere."""
+    return model_times["chosen"] <= model_times["dense"]
+
+
+def choose_kernels(model: nn.Module, input_shape: Sequence[int], batch_sizes: Sequence[int],
+                   repeats: int, seed: int = 0,
+                   timer: Callable[[Sequence[Callable[[], object]], int], list[float]] = medians) -> tuple[dict, dict]:
     """Time each CSR layer's two kernels on random inputs of its shape at each batch size and let it
     use the faster. Then, per batch size, time the whole model with those choices and with dense
     kernels everywhere, and keep the dense kernels where they are faster: in a model a dense product
-    right after a sparse one runs slower than it does alone. Returns the times (seconds):
+    right after a sparse one runs slower than it does alone. `timer(fns, repeats)` gives each
+    function's seconds (default `medians`). Returns the times (seconds):
     ({layer: {batch size: {"dense", "csr"}}}, {batch size: {"chosen", "dense"}})."""
     g = torch.Generator().manual_seed(seed)
     layer_times, model_times = {}, {}
@@ -441,9 +449,9 @@ def _choose_kernels(model: nn.Module, input_shape: Sequence[int], batch_sizes: S
             x = torch.randn((int(b), *shape), generator=g)
             layer.dense_weight()  # made once, outside the timing
             with torch.inference_mode():
-                dense, csr = medians([lambda: layer.run_dense(x), lambda: layer.run_csr(x)], repeats)
+                dense, csr = timer([lambda: layer.run_dense(x), lambda: layer.run_csr(x)], repeats)
             layer_times[name][int(b)] = {"dense": dense, "csr": csr}
-        layer.use({b: "csr" if t["csr"] < t["dense"] else "dense" for b, t in layer_times[name].items()})
+        layer.use(layer_kernels(layer_times[name]))
     for b in map(int, batch_sizes):
         chosen = {n: dict(layer.kernels) for n, layer in layers.items()}
         if all(k[b] == "dense" for k in chosen.values()):
@@ -453,8 +461,8 @@ def _choose_kernels(model: nn.Module, input_shape: Sequence[int], batch_sizes: S
             for n, layer in layers.items():
                 layer.use({**chosen[n], b: "dense"} if kind == "dense" else chosen[n])
             with torch.inference_mode():
-                model_times.setdefault(b, {})[kind] = medians([lambda: model(x)], repeats)[0]
-        if model_times[b]["chosen"] <= model_times[b]["dense"]:
+                model_times.setdefault(b, {})[kind] = timer([lambda: model(x)], repeats)[0]
+        if keeps_choice(model_times[b]):
             for n, layer in layers.items():
                 layer.use(chosen[n])
     return layer_times, model_times
