@@ -63,3 +63,25 @@ def test_killed_in_warmup_and_in_tickets_then_rerun_gives_identical_outputs(resu
     assert re.search(r"tickets: resuming after epoch (9|1[0-5])\b", out), out
     assert lock_hashes(repo) == lock_hashes(resume_pair["uninterrupted"])
     assert not any((repo / ".cache/suptickets/resume").iterdir()), "checkpoints are removed when stages end"
+
+
+def test_the_recoveries_the_readme_gives_after_a_ctrl_c_in_dvc_itself(tmp_path):
+    """DVC 3 rewrites dvc.lock and .dvc/tmp/rwlock in place (open "w", then dump): an interrupt in that
+    moment leaves them cut short or empty, and every later `dvc` command fails. The stages write neither.
+    The README's recoveries: `git checkout dvc.lock`; `rm .dvc/tmp/rwlock`."""
+    from conftest import make_repo, run
+
+    repo = make_repo(tmp_path / "repo")
+    lock = repo / "dvc.lock"
+    text = lock.read_text()
+    lock.write_text(text[: text.index("    outs:", len(text) // 3) + 7])  # an interrupted dump: "...\n    out"
+    assert run(repo, "dvc", "status", check=False).returncode != 0
+    run(repo, "git", "checkout", "dvc.lock")
+    assert run(repo, "dvc", "status", check=False).returncode == 0
+    rwlock = repo / ".dvc/tmp/rwlock"
+    rwlock.parent.mkdir(parents=True, exist_ok=True)
+    rwlock.write_text("")
+    failed = run(repo, "dvc", "status", check=False)
+    assert failed.returncode != 0 and "RWLock" in failed.stdout + failed.stderr
+    rwlock.unlink()
+    assert run(repo, "dvc", "status", check=False).returncode == 0
