@@ -127,20 +127,20 @@ def test_each_layer_takes_its_faster_kernel_per_batch_size_dense_on_a_tie():
     assert sparse.keeps_choice({"chosen": 1.0, "dense": 1.0}) and not sparse.keeps_choice({"chosen": 1.1, "dense": 1.0})
 
 
-@pytest.mark.parametrize("layer_csr,model,expected", [
+@pytest.mark.parametrize("layer_csr,model_times,expected", [
     (2.0, [], {1: "dense", 64: "dense"}),                  # CSR slower in the layer: no whole-model timing
     (0.5, [1.0, 2.0, 1.0, 2.0], {1: "csr", 64: "csr"}),    # faster in the layer and in the model
     (0.5, [3.0, 2.0, 1.0, 2.0], {1: "dense", 64: "csr"}),  # at batch 1 the model runs slower with it: dense kept
 ], ids=["csr-slower", "csr-faster", "model-slower-at-1"])
-def test_auto_chooses_from_the_timings_it_is_given(tmp_path, layer_csr, model, expected):
+def test_auto_chooses_from_the_timings_it_is_given(tmp_path, layer_csr, model_times, expected):
     """The choice from injected timings (the timer's answers), so that no test hangs on this machine's
     clock; the real timings are benchmarks/sparse_inference.py's."""
     arch = {"name": "mlp", "options": {"hidden": [128], "batch_norm": True}, "input_shape": [1, 8, 16],
             "num_classes": 10}
-    model_ = sparse.build(arch)
-    attach_masks(model_, {"net.1.weight": torch.ones(128, 128), "net.4.weight": torch.ones(10, 128)})
-    sparse.save(tmp_path / "d.safetensors", model_.eval(), arch)
-    answers = iter(model)  # whole-model runs, in order: (chosen, dense) at batch 1, then at batch 64
+    model = sparse.build(arch)
+    attach_masks(model, {"net.1.weight": torch.ones(128, 128), "net.4.weight": torch.ones(10, 128)})
+    sparse.save(tmp_path / "d.safetensors", model.eval(), arch)
+    answers = iter(model_times)  # whole-model runs, in order: (chosen, dense) at batch 1, then at batch 64
 
     def timer(fns, repeats):
         for fn in fns:
@@ -150,7 +150,7 @@ def test_auto_chooses_from_the_timings_it_is_given(tmp_path, layer_csr, model, e
     loaded = sparse.load(tmp_path / "d.safetensors", kernel="auto", batch_sizes=[1, 64], repeats=3, timer=timer)
     assert sparse.kernels(loaded)["net.1"] == expected
     assert loaded.layer_seconds["net.1"] == {1: {"dense": 1.0, "csr": layer_csr}, 64: {"dense": 1.0, "csr": layer_csr}}
-    assert list(answers) == [] and sorted(loaded.model_seconds) == ([] if not model else [1, 64])
+    assert list(answers) == [] and sorted(loaded.model_seconds) == ([] if not model_times else [1, 64])
 
 
 def _rewrite(path, out, change) -> None:
