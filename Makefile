@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data repro test check-repro bench compare
+.PHONY: setup data repro test check-repro bench compare push pull
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,3 +36,13 @@ check-repro: setup
 
 compare: setup
 	$(PY) scripts/compare.py
+
+# The DVC remote (.dvc/config: a folder beside the project unless `dvc remote modify --local` moves
+# it): the outputs of dvc.lock, the run cache and the files its records name, so that a colleague's
+# `dvc repro` or `dvc exp run` trains nothing that someone already ran (scripts/share.py says why
+# `dvc push --run-cache` alone is not enough).
+push: setup
+	$(PY) scripts/share.py push
+
+pull: setup
+	$(PY) scripts/share.py pull
