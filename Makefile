@@ -7,10 +7,10 @@ FMNIST := /usr/share/datasets/fashion-mnist
 
 .PHONY: setup data repro test check-repro bench compare push pull
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 # Fashion-MNIST from the Debian package when apt is usable; else `prepare` falls back to

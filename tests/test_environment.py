@@ -114,3 +114,20 @@ def test_evaluation_is_bit_identical_in_fresh_processes_whatever_the_alignment(s
         assert proc.returncode == 0, proc.stderr[-2000:]
         results.add(proc.stdout.strip())
     assert len(results) == 1, results
+
+
+def test_every_package_make_installs_is_pinned_to_the_installed_version():
+    """constraints.txt pins every dependency in pyproject.toml (and the test extra), to the version
+    installed here: `make` installs from it, so a clone later gets the same versions."""
+    import tomllib
+    from importlib.metadata import version
+
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    pins = {re.sub(r"[-_.]+", "-", name).lower(): v for name, v in pins.items()}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    names = {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", d).group()).lower() for d in wanted}
+    assert names <= set(pins), names - set(pins)
+    assert {n: pins[n] for n in names} == {n: version(n) for n in names}
+    assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
