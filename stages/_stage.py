@@ -176,6 +176,16 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def provenance() -> dict:
+    """Where a run's code came from, for its W&B config: the git commit checked out where the stage
+    runs (DVC's temporary copy for a queued experiment), and in a DVC experiment its baseline revision
+    and name (DVC's DVC_EXP_BASELINE_REV and DVC_EXP_NAME); None where there is none."""
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    return {"git_commit": proc.stdout.strip() if proc.returncode == 0 else None,
+            "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV"),
+            "dvc_exp_name": os.environ.get("DVC_EXP_NAME")}
+
+
 def group_name(cfg: dict) -> str:
     return os.environ.get("DVC_EXP_NAME") or f"params-{config_hash(cfg)}"
 
@@ -332,7 +342,7 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
     changed = overrides(cfg, preset_base(cfg), HydraConfig.get().overrides.task) \
         if rank == 0 and mode != "disabled" else []
     run = Run.start(stage=name, cfg=cfg, group=group_name(cfg), directory=root, mode=mode, rank=rank,
-                    changed=changed)
+                    changed=changed, source=provenance() if rank == 0 and mode != "disabled" else None)
     signal.signal(signal.SIGTERM, _interrupt)
     clock = StageClock.start(name, cfg, Path(root)) if rank == 0 and os.environ.get("DVC_STAGE") else None
     try:

@@ -108,9 +108,13 @@ def test_a_queued_experiment_runs_beside_the_existing_one(queued_repo):
     runs = list((repo / "wandb").glob("offline-run-*"))  # under the real repo root, one folder per stage run
     assert len(runs) == len(STAGES) and len({r.name for r in runs}) == len(runs)
     named = {}  # W&B run name -> (group, job type), read back from each run's transaction log
+    head = run(repo, "git", "rev-parse", "HEAD").stdout.strip()
     for r in runs:
         record = next(rec.run for rec in read_wandb_records(next(r.glob("*.wandb"))) if rec.HasField("run"))
         named[record.display_name] = (record.run_group, record.job_type)
+        config = {item.key: json.loads(item.value_json) for item in record.config.update}
+        source = config["source"]["value"] if "value" in config["source"] else config["source"]
+        assert source == {"git_commit": head, "dvc_exp_baseline_rev": head, "dvc_exp_name": record.run_group}
     assert set(named) == {f"smoke seed=1 · {stage}" for stage in STAGES}, named
     assert len({group for group, _ in named.values()}) == 1  # one group per experiment
     assert named["smoke seed=1 · tickets"][1] == "tickets"

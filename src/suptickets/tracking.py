@@ -69,9 +69,10 @@ class Run:
 
     @classmethod
     def start(cls, *, stage: str, cfg: dict, group: str, directory: str, mode: str | None,
-              rank: int = 0, changed: list[str] | None = None) -> "Run":
+              rank: int = 0, changed: list[str] | None = None, source: dict | None = None) -> "Run":
         """One W&B run: grouped by experiment, the stage as job type, named by the preset and the
-        overrides `changed` (also in the run config as `overrides`, to filter on)."""
+        overrides `changed` (also in the run config as `overrides`, to filter on); `source` (the git
+        commit and DVC experiment it ran from) goes into the config as `source`."""
         if rank != 0 or mode == "disabled":
             return cls(None)
         import wandb
@@ -80,7 +81,7 @@ class Run:
         changed = changed or []
         run = wandb.init(project=w["project"], entity=w.get("entity"), group=group, job_type=stage,
                          name=run_name(stage, str(cfg.get("name", "run")), changed),
-                         config={**public_config(cfg), "overrides": changed}, dir=directory, mode=mode,
+                         config={**public_config(cfg), "overrides": changed, "source": source or {}}, dir=directory, mode=mode,
                          reinit="create_new",
                          settings=wandb.Settings(silent=True, console="off", save_code=False,
                                                  x_disable_stats=True, disable_git=True))
