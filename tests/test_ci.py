@@ -1,0 +1,68 @@
+"""The team's CI: the workflow file passes a linter for GitHub workflows (and the linter does reject
+a broken one), it runs the plain script any CI can call, and the script's report, made on two real
+commits of a smoke run (seed 0, then the queued experiment's seed 1 applied and committed), shows
+the param change and the metrics it moved."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, copy_repo, run
+
+WORKFLOW = ROOT / ".github/workflows/pipeline.yml"
+LINT = [str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows"]
+
+
+def test_the_workflow_passes_the_linter_which_rejects_a_broken_one(tmp_path):
+    assert subprocess.run([*LINT, str(WORKFLOW)], capture_output=True, text=True).returncode == 0
+    broken = yaml.safe_load(WORKFLOW.read_text())
+    del broken["jobs"]["check"]["runs-on"]
+    (tmp_path / "broken.yml").write_text(yaml.safe_dump(broken))
+    proc = subprocess.run([*LINT, str(tmp_path / "broken.yml")], capture_output=True, text=True)
+    assert proc.returncode != 0 and "runs-on" in proc.stdout + proc.stderr
+
+
+def test_the_workflow_runs_the_plain_script_with_the_readme_setup():
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["check"]["steps"]
+    assert any(step.get("run") == "scripts/ci.sh" for step in steps)
+    script = (ROOT / "scripts/ci.sh").read_text()
+    assert "make setup" in script and "make pull" in script and "make check-repro" in script
+    assert "scripts/ci_report.py" in script
+    assert subprocess.run(["bash", "-n", str(ROOT / "scripts/ci.sh")]).returncode == 0
+
+
+@pytest.mark.e2e
+def test_the_report_on_two_commits_shows_the_param_change_and_the_metrics(queued_repo, tmp_path):
+    repo = copy_repo(queued_repo, tmp_path / "repo")
+    shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
+    seed1 = next(r["name"] for c in shown for e in (c.get("experiments") or []) for r in e["revs"]
+                 if (r.get("data") or {}).get("params", {}).get("params.yaml", {}).get("data", {}).get("seed") == 1)
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "smoke run, seed 0")
+    base = run(repo, "git", "rev-parse", "HEAD").stdout.strip()
+    run(repo, "dvc", "exp", "apply", seed1)
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "seed 1")
+
+    out = run(repo, "python", "scripts/ci_report.py", "--base", base).stdout
+    sections = dict(re.findall(r"^## (\w+)\n\n(.*?)(?=^## |\Z)", out, flags=re.S | re.M))
+    assert set(sections) == {"Params", "Metrics", "Experiments", "Figures"}, out
+    assert re.search(r"\| params\.yaml \| seed\s+\| 0\s+\| 1\s+\|", sections["Params"]), sections["Params"]
+    before = json.loads(run(repo, "git", "show", f"{base}:metrics/summary.json").stdout)
+    after = json.loads((repo / "metrics/summary.json").read_text())
+    row = re.search(r"\| metrics/summary\.json\s+\| test_acc_pct\.superposed\s+\|\s*(\S+)\s*\|\s*(\S+)\s*\|",
+                    sections["Metrics"])
+    assert row and [float(v) for v in row.groups()] == [before["test_acc_pct"]["superposed"],
+                                                         after["test_acc_pct"]["superposed"]], sections["Metrics"]
+    assert sections["Experiments"].startswith("| experiment | method | density | seed")
+    assert "![val_acc](plots/val_acc.png)" in sections["Figures"]
+
+    proc = run(repo, "python", "scripts/ci_report.py", "--base", "no-such-branch", check=False)
+    assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0 and "no-such-branch" in proc.stderr
