@@ -43,8 +43,10 @@ def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 def params_composed(tmp: Path) -> list[str]:
     if (ROOT / "params.yaml").read_text() != compose_params(ROOT, [], tmp / "composed.yaml"):
-        return ["params.yaml differs from the composition of params/: run `dvc exp run` "
-                "(or compose) and commit params.yaml"]
+        return ["params.yaml differs from the composition of params/ (an applied experiment's or a failed "
+                "run's settings, or params/ edited): to check the committed pipeline, `git checkout params.yaml "
+                "dvc.lock && dvc checkout`; to keep these settings, put them in params/ (a preset), "
+                "`dvc exp run`, and commit"]
     return []
 
 

@@ -4,6 +4,11 @@ ensemble and dense, and the superposed model's gains in points.
 
 Reads `dvc exp show --json` of the repository it runs in: the baseline commit (HEAD, or every
 commit with --all-commits), its experiments, and the workspace when it differs from all of them.
+Each row names its preset and the settings that differ from the preset's composition of params/.
+The workspace row is marked stale when `dvc status` finds its outputs out of date with its
+params.yaml (e.g. after a failed `dvc exp run`: its metrics are the last successful run's, its
+params the failed one's); `dvc exp apply <name>` or `git checkout params.yaml dvc.lock && dvc
+checkout` gets back to a consistent state.
 The figures come from each experiment's metrics/summary.json (the evaluate stage), or, for runs
 made before that file existed, from metrics/evaluate.json through the same function.
 
@@ -18,16 +23,22 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
+
+import yaml
+from project_copy import compose_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from suptickets.comparison import GAINS, MODELS, summary  # noqa: E402
 from suptickets.config import get  # noqa: E402
+from suptickets.tracking import overrides  # noqa: E402
 
 SETTINGS = {"method": "dst.method", "density": "dst.density", "seed": "seed", "lr_max": "tickets.lr_max"}
 HEADER = ["experiment", *SETTINGS, *(f"{m} %" for m in MODELS), "gain vs sparse_baseline (pts)",
-          "gain vs best ticket (pts)"]
+          "gain vs best ticket (pts)", "preset", "overrides"]
+STALE = " (stale: outputs not of these params)"
 
 
 def _figures(metrics: Mapping, method) -> dict:
@@ -54,9 +65,11 @@ def _revisions(shown: list) -> Iterator[tuple[str, dict]]:
                     yield label + (f" ({state})" if state and state != "success" else ""), r["data"]
 
 
-def rows(shown: list) -> list[dict]:
+def rows(shown: list, presets: Callable[[str], dict] | None = None, stale: bool = False) -> list[dict]:
     """One row per revision with params: settings, accuracies (%) and gains (points); None where a
-    figure is missing. The workspace row is dropped when another row has the same values."""
+    figure is missing; the preset (`name`) and, given `presets` (preset name -> its composed params),
+    the overrides that differ from it. The workspace row is dropped when another row has the same
+    values, and marked when `stale` (DVC finds its outputs out of date with its params.yaml)."""
     out = []
     for label, data in _revisions(shown):
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
@@ -66,10 +79,31 @@ def rows(shown: list) -> list[dict]:
         figures = _figures(data.get("metrics") or {}, row["method"])
         row.update({m: (figures.get("test_acc_pct") or {}).get(m) for m in MODELS})
         row.update({g: (figures.get("gain_pts") or {}).get(g) for g in GAINS})
+        row["preset"] = params.get("name")
+        row["overrides"] = " ".join(overrides(params, presets(row["preset"]))) if presets else None
         out.append(row)
     values = lambda r: {k: v for k, v in r.items() if k != "experiment"}  # noqa: E731
-    return [r for r in out if r["experiment"] != "workspace"
+    kept = [r for r in out if r["experiment"] != "workspace"
             or not any(values(r) == values(o) for o in out if o is not r)]
+    for r in kept:
+        if r["experiment"] == "workspace" and stale:
+            r["experiment"] += STALE
+    return kept
+
+
+def preset_params(root: Path) -> Callable[[str], dict]:
+    """Preset name -> params.yaml as DVC's Hydra composition of params/ gives it for that preset
+    (params/experiment/<name>.yaml, or the defaults for theirs), composed once per name."""
+    composed: dict[str, dict] = {}
+
+    def params(name: str) -> dict:
+        if name not in composed:
+            with tempfile.TemporaryDirectory() as tmp:
+                given = [f"experiment={name}"] if (root / "params/experiment" / f"{name}.yaml").is_file() else []
+                composed[name] = yaml.safe_load(compose_params(root, given, Path(tmp) / "params.yaml"))
+        return composed[name]
+
+    return params
 
 
 def _cell(key: str, value) -> str:
@@ -79,6 +113,8 @@ def _cell(key: str, value) -> str:
         return f"{value:+.2f}"
     if key in MODELS:
         return f"{value:.2f}"
+    if key == "overrides":
+        return f"`{value}`" if value else "—"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -98,7 +134,10 @@ def main(argv=None) -> int:
     if proc.returncode != 0:
         print(f"error: {' '.join(cmd)} failed: {proc.stderr.strip()}", file=sys.stderr)
         return 2
-    table = rows(json.loads(proc.stdout))
+    status = subprocess.run(["dvc", "status", "--json"], capture_output=True, text=True,
+                            env=dict(os.environ, DVC_NO_ANALYTICS="1"))
+    stale = status.returncode != 0 or json.loads(status.stdout or "{}") != {}
+    table = rows(json.loads(proc.stdout), preset_params(Path.cwd()), stale)
     if not table:
         print("error: no experiments with params to compare here; run `dvc exp run` (or `dvc repro`) first",
               file=sys.stderr)

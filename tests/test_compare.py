@@ -118,3 +118,22 @@ def test_gain_collect_only_with_nothing_to_collect_says_what_to_run(smoke_repo):
     [line] = proc.stderr.strip().splitlines()
     assert "no finished experiments named absent-<levels>-s<seed>" in line
     assert "run `python benchmarks/gain.py` without --collect-only first" in line
+
+
+@pytest.mark.e2e
+def test_compare_marks_a_stale_workspace_and_names_each_rows_preset_and_overrides(smoke_copy):
+    """After a failed `dvc exp run` DVC has deleted the failing stage's outputs and params.yaml keeps
+    the failed overrides, while the metrics files are the last successful run's: that workspace row
+    is marked, not passed off as a result of its params."""
+    failed = run(smoke_copy, "dvc", "exp", "run", "-S", "experiment=smoke", "-S", "train.lr=1e30", check=False)
+    assert failed.returncode != 0 and "training diverged" in failed.stderr + failed.stdout
+    proc = run(smoke_copy, "python", str(ROOT / "scripts/compare.py"))
+    lines = proc.stdout.strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[-2:] == ["preset", "overrides"]
+    table = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+    [workspace] = [r for r in table if r["experiment"].startswith("workspace")]
+    assert workspace["experiment"] == "workspace (stale: outputs not of these params)", proc.stdout
+    assert (workspace["preset"], workspace["overrides"]) == ("smoke", "`train.lr=1e+30`"), workspace
+    done = sorted((r["preset"], r["overrides"]) for r in table if r is not workspace)
+    assert done == [("fashion_mnist_mlp", "—"), ("smoke", "—")], table  # HEAD (the default) and the smoke run
