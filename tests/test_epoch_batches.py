@@ -52,6 +52,16 @@ def test_epoch_batches_are_the_per_step_batches(drop_last, shuffle, padding, fli
             assert [torch.equal(a, c) for (a, _), (c, _) in zip(b.epoch(epoch), want)] == [True] * len(want)
 
 
+def test_an_epoch_longer_than_one_augmentation_chunk_is_the_per_step_epoch():
+    from suptickets.batches import _CHUNK
+
+    x, y = data(_CHUNK + 300, shape=(1, 4, 4))  # a chunk boundary inside a batch of 100
+    b = Batches(x, y, [0.5], [0.25], batch_size=100, shuffle=True, seed=2, padding=1, flip=True)
+    got, want = list(b.epoch_batches(3)), list(per_step_epoch(b, 3))
+    assert len(got) == len(want) == 85  # 84 full batches and a last one of 92
+    assert all(torch.equal(a, c) and torch.equal(p, q) for (a, p), (c, q) in zip(got, want))
+
+
 def test_the_epochs_differ_and_the_augmentation_is_drawn():
     x, y = data(64)
     b = Batches(x, y, [0.5] * 3, [0.25] * 3, batch_size=16, shuffle=True, seed=1, padding=2, flip=True)

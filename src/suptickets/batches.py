@@ -90,6 +90,11 @@ def apply_augment(x: torch.Tensor, draws: tuple[torch.Tensor | None, ...], paddi
     return source[n_idx, c_idx, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
 
 
+# Images cropped and flipped at once when an epoch is built (`Batches.epoch_batches`): a chunk's
+# temporaries (the padded images, the indices) stay a few tens of MB whatever the data set's size.
+_CHUNK = 1 << 13
+
+
 def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The random source of one epoch (order, augmentation), seeded by (seed, epoch): on the CPU, or
     on the data's CUDA device so that no random number crosses to the device inside a step (a CUDA
@@ -140,19 +145,25 @@ class Batches:
     def epoch_batches(self, epoch: int = 0) -> "EpochBatches":
         """The whole epoch built at its start: the order (`randperm`), then each batch's crops and flips
         drawn in turn from the epoch's generator, as batch after batch would draw them, and applied to
-        all images in one pass; this rank's share of each batch."""
+        the images in chunks of `_CHUNK`; this rank's share of each batch."""
         n, size = self.x.shape[0], self.batch_size
         steps = len(self)
         g = epoch_generator(self.seed, epoch, self.x.device)
         order = torch.randperm(n, generator=g, device=g.device) if self.shuffle else None
         used = min(n, steps * size)
-        x = self.x[order[:used]] if order is not None else self.x[:used]
-        y = self.y[order[:used]] if order is not None else self.y[:used]
+        idx = order[:used] if order is not None else torch.arange(used, device=self.x.device)
+        y = self.y[idx]
         if (self.padding or self.flip) and steps:
             draws = [augment_draws(min(size, used - i * size), g, self.padding, self.flip, self.x.device)
                      for i in range(steps)]
-            x = apply_augment(x, tuple(None if d[0] is None else torch.cat(d) for d in zip(*draws)),
-                              self.padding)
+            draws = tuple(None if d[0] is None else torch.cat(d) for d in zip(*draws))
+            x = torch.empty((used, *self.x.shape[1:]), dtype=self.x.dtype, device=self.x.device)
+            for a in range(0, used, _CHUNK):  # in chunks: the temporaries stay small
+                b = min(used, a + _CHUNK)
+                x[a:b] = apply_augment(self.x[idx[a:b]], tuple(None if d is None else d[a:b] for d in draws),
+                                       self.padding)
+        else:
+            x = self.x[idx] if order is not None else self.x[:used]
         full = used // size
         xs, ys = x[:full * size].view(full, size, *x.shape[1:]), y[:full * size].view(full, size)
         last = (x[full * size:], y[full * size:]) if used > full * size else None

@@ -174,7 +174,7 @@ class Masked:
         if repicked not in REPICKED:
             raise ValueError(f"dst.repicked must be one of {list(REPICKED)}, got {repicked!r}")
         moves = [max(0, min(round(rate * k), k)) for k in self.counts]
-        picks = self.random_picks(moves, generator) if rule == "random" else [None] * len(moves)
+        picks = self.draw_picks(moves, generator) if rule == "random" else [None] * len(moves)
         new, regrown = [], []
         for w, m, grad, k, n, p in zip(self.weights, self.masks, grads, self.counts, moves, picks):
             nm, g = prune_and_regrow(w.detach(), m.bool(), n, rule, grad=grad, generator=generator,
@@ -183,7 +183,7 @@ class Masked:
             regrown.append(g)
         self.set_masks(new, regrown if repicked == "zero" else None, counts=self.counts)
 
-    def random_picks(self, moves: Sequence[int], generator: torch.Generator) -> list[torch.Tensor]:
+    def draw_picks(self, moves: Sequence[int], generator: torch.Generator) -> list[torch.Tensor]:
         """Each layer's `dst.random_picks` for moving `moves[l]` weights, on the masks' device."""
         sizes = [m.numel() - k + n for m, k, n in zip(self.masks, self.counts, moves)]
         drawn = torch.cat([random_picks(s, n, generator) for s, n in zip(sizes, moves)])
