@@ -11,9 +11,9 @@ shape), and the phase functions themselves: `phases.dense` for the dense variant
 
 A window is one call of the phase over one epoch of W steps (W set after the warm-up so a window
 lasts about `--window-s`), including what the loop does at an epoch's end (one host read of the
-metrics, an evaluation of one batch). Windows alternate dense, masked, dense, masked, ...; each
-adjacent pair gives one masked/dense ratio of images/s, and the ratio is reported as the mean of the
-pairs with its 95% t interval (`gains.mean_sd_half`).
+metrics, an evaluation of one batch). Windows alternate in pairs, dense-masked then masked-dense
+(a steady drift of the machine's speed cancels); each pair gives one masked/dense ratio of
+images/s, reported as the mean over the pairs with its 95% t interval (`gains.mean_sd_half`).
 
 Printed per preset: images/s and ms per step of each variant (medians over windows), the cost of one
 topology update (`DST.update` on a step's dense gradient, synchronised before and after, median of
@@ -205,8 +205,8 @@ def bench(experiment: str, args, device) -> dict:
         timed(sides[v])
 
     windows = {v: [] for v in VARIANTS}
-    for _ in range(args.pairs):
-        for v in VARIANTS:
+    for k in range(args.pairs):  # dense, masked, masked, dense, ...: a steady drift cancels in pairs
+        for v in (VARIANTS if k % 2 == 0 else VARIANTS[::-1]):
             windows[v].append(timed(sides[v]))
 
     # one topology update, on a step's dense gradient, as the loop makes it
