@@ -1,336 +1,274 @@
-"""Training throughput on a GPU: dense vs masked (`Masked`, foreach), GPU-resident data vs a DataLoader.
+"""Training throughput of the pipeline's own epoch loop: dense vs masked, with the stages' settings.
 
-For CIFAR ResNet-50 (100 classes) and ResNet-32 (10 classes) at batch 128, in images/s:
+For each `--experiment` preset (composed from params/ as the stages compose it, `--set` overrides on
+top), the two variants train exactly as the stages do: `runtime.setup` (thread count, deterministic
+kernels), `runtime.new_model`, `runtime.optimizer_for`, data held on the device as `Batches`
+(shuffle, the preset's crops and flips, normalisation; synthetic uint8 images of the data set's
+shape), and the phase functions themselves: `phases.dense` for the dense variant, `phases.sparse_phase`
+(masks of the preset's `dst.*` density and distribution, its topology updates every
+`dst.update_frequency` steps, the FLOPs meter) for the masked one, with `train.amp`,
+`train.channels_last`, `train.compile` as configured.
 
-- dense, GPU-resident data: synthetic CIFAR-shaped uint8 images held on the GPU and fed by the
-  project's `suptickets.batches.Batches` (shuffle, then random crop with padding 4 + horizontal flip by
-  `suptickets.batches.augment` and normalisation, all on the GPU);
-- masked, GPU-resident data: the same with RigL masks at density 0.05 (ERK), `Masked.mask_grads`
-  before and `Masked.apply` after the optimizer step (two `torch._foreach_mul_`), timed without
-  topology updates; the update (`DST.update` on a due step, with the dense-gradient copy) is timed on its own and also shown
-  amortised over `--update-frequency` steps;
-- dense, DataLoader: the same model fed by `torch.utils.data.DataLoader` (`--workers` workers, pinned
-  memory) over an in-memory data set of PIL images with torchvision's RandomCrop(32, padding=4),
-  RandomHorizontalFlip, ToTensor, Normalize.
+A window is one call of the phase over one epoch of W steps (W set after the warm-up so a window
+lasts about `--window-s`), including what the loop does at an epoch's end (one host read of the
+metrics, an evaluation of one batch). Windows alternate in pairs, dense-masked then masked-dense
+(a steady drift of the machine's speed cancels); each pair gives one masked/dense ratio of
+images/s, reported as the mean over the pairs with its 95% t interval (`gains.mean_sd_half`).
 
-All under bf16 autocast with channels_last (each can be switched off), eager or `--compile`. Windows of
-`--steps` steps alternate between the variants after a warm-up; medians reported. Model FLOPs
-utilisation = images/s x 3 x forward FLOPs per image (Conv2d + Linear, dense, `models.forward_flops`)
-/ `--peak-tflops` (989: H100 SXM bf16 dense; use the figure of the card it prints).
+Printed per preset: images/s and ms per step of each variant (medians over windows), the cost of one
+topology update (`DST.update` on a step's dense gradient, synchronised before and after, median of
+`--update-calls`), and the share of host time: on CUDA, the fraction of a step's wall time in which
+the GPU runs no kernel, 1 - (kernel time per step, summed by the CUDA profiler over one extra window)
+/ (wall time per step of the timed windows): the part of the step the device waits for the host
+(Python, kernel launches, syncs). On a CPU host and device are the same, so no share is given.
 
-Needs only torch, torchvision (with Pillow), numpy and the suptickets package (taken from ../src when
-it is not installed): modules that suptickets imports at the top but this script never uses (pandas,
-safetensors, tqdm) are replaced by inert stand-ins when they are not installed.
-
-    python benchmarks/gpu_throughput.py                       # on a CUDA machine
-    python benchmarks/gpu_throughput.py --compile --json gpu.json
-    python benchmarks/gpu_throughput.py --dry-run             # 2 steps of everything on CPU, tiny sizes
+    python benchmarks/gpu_throughput.py                                  # both presets, on a CUDA machine
+    python benchmarks/gpu_throughput.py --experiment cifar10_resnet32 --pairs 20 --json out.json
+    python benchmarks/gpu_throughput.py --device cpu --set train.batch_size=16   # on a CPU
+    python benchmarks/gpu_throughput.py --dry-run                        # tiny windows on the CPU
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import json
+import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import _common  # first: the environment defaults, before torch loads; this checkout's src/ on sys.path
 
-CIFAR = {"resnet50": (100, [0.507, 0.487, 0.441], [0.267, 0.256, 0.276]),
-         "resnet32": (10, [0.491, 0.482, 0.447], [0.247, 0.243, 0.262])}
-# imported at module level by some suptickets modules (.train: tqdm), never used on this script's path
-OPTIONAL = ("pandas", "safetensors", "tqdm")
+PARAMS = Path(__file__).resolve().parents[1] / "params"
+# synthetic data of the data set's shape: (C, H, W), classes
+SHAPES = {"fashion_mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
+VARIANTS = ("dense", "masked")
 
 
-def _installed(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
+def compose(experiment: str, sets: list[str]) -> dict:
+    """The preset's configuration as the stages compose it (Hydra, params/), with `sets` on top."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    if not (PARAMS / "experiment" / f"{experiment}.yaml").is_file():
+        known = sorted(p.stem for p in (PARAMS / "experiment").glob("*.yaml"))
+        raise SystemExit(f"gpu_throughput.py: --experiment {experiment!r} is not a preset; one of {known}")
+    with initialize_config_dir(config_dir=str(PARAMS), version_base="1.3"):
+        cfg = hydra_compose("params", overrides=[f"experiment={experiment}", *sets])
+    cfg = OmegaConf.to_container(cfg, resolve=True)
+    if cfg["data"]["name"] not in SHAPES:
+        raise SystemExit(f"gpu_throughput.py: data.name={cfg['data']['name']!r} is not held in memory; "
+                         f"one of {list(SHAPES)}")
+    return cfg
 
 
-def stub_missing_modules() -> list[str]:
-    """Put inert stand-ins in sys.modules for the OPTIONAL modules that are not installed."""
+def ratio_interval(dense_s: list[float], masked_s: list[float]) -> dict:
+    """masked/dense images/s per adjacent pair of equal-length windows (= dense time / masked time):
+    mean, 95% t interval, its half-width relative to the mean."""
+    from suptickets.gains import mean_sd_half
 
-    def unavailable(qualname):
-        def call(*args, **kwargs):
-            raise ImportError(f"{qualname} is not installed on this machine (stand-in from gpu_throughput.py)")
-        return call
-
-    def module(name):
-        mod = types.ModuleType(name)
-        mod.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
-        mod.__path__ = []  # a package, so `from safetensors.torch import ...` resolves
-
-        def getattr_(attr):
-            if attr.startswith("__"):  # keep inspect / pickle / importlib probing ordinary
-                raise AttributeError(attr)
-            return unavailable(f"{name}.{attr}")
-
-        mod.__getattr__ = getattr_
-        return mod
-
-    stubbed = []
-    for name in OPTIONAL:
-        if not _installed(name):
-            sys.modules[name] = module(name)
-            stubbed.append(name)
-    if "safetensors" in stubbed:
-        sys.modules["safetensors.torch"] = module("safetensors.torch")
-    if "tqdm" in stubbed:  # the training loop's progress bar: a pass-through
-        sys.modules["tqdm"].tqdm = lambda iterable=None, *a, **k: iterable
-    return stubbed
+    ratios = [d / m for d, m in zip(dense_s, masked_s)]
+    mean, _, half = mean_sd_half(ratios)
+    return {"ratio": mean, "low": mean - half, "high": mean + half, "half_width_rel": half / mean,
+            "pairs": len(ratios), "ratios": ratios}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_common.cost("per model 3 variants x (10 warm-up + 3 x 30 timed) steps at batch 128, "
-               "600 steps for the default two models, plus a synthetic data set of 50,000 images held twice "
-               "(on the GPU and as PIL images): 45 s on one H200 (eager, measured 2026-11-30), much longer with --compile. "
-               "--dry-run runs on a CPU at tiny sizes."))
-    ap.add_argument("--models", nargs="+", default=["resnet50", "resnet32"], choices=list(CIFAR),
-                    help="CIFAR models to time (default: both)")
-    ap.add_argument("--batch", type=int, default=128, help="images per step (default %(default)s)")
-    ap.add_argument("--steps", type=int, default=30, help="steps per timed window (default %(default)s)")
-    ap.add_argument("--warmup", type=int, default=10, help="warm-up steps per variant (default %(default)s)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed windows per variant, median reported (default %(default)s)")
-    ap.add_argument("--dataset-size", type=int, default=50_000, help="images in the synthetic data set (default %(default)s)")
-    ap.add_argument("--workers", type=int, default=4, help="DataLoader workers (default %(default)s)")
-    ap.add_argument("--density", type=float, default=0.05, help="RigL density of the masked variant, ERK (default %(default)s)")
-    ap.add_argument("--update-frequency", type=int, default=100,
-                    help="steps between topology updates, to amortise the timed update over (default %(default)s)")
-    ap.add_argument("--update-calls", type=int, default=3, help="timed topology updates, median (default %(default)s)")
-    ap.add_argument("--peak-tflops", type=float, default=989.0, help="peak of the card for MFU (989: H100 SXM bf16 dense)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the models")
-    ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="float32 instead of bf16 autocast")
-    ap.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                    help="keep the default (NCHW) memory format instead of channels_last")
+        epilog=_common.cost("per preset a warm-up (2 short windows per variant), then --pairs x 2 windows of "
+                            "--window-s (2 s) each, an extra profiled window per variant on CUDA and "
+                            "--update-calls updates: about 50 s a preset, 100 s for the two default presets "
+                            "(not measured yet on a GPU). --dry-run: a few seconds on a CPU."))
+    ap.add_argument("--experiment", nargs="+", default=["fashion_mnist_resnet", "cifar10_resnet32"],
+                    help="presets of params/experiment to time (default: %(default)s)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="Hydra overrides on every preset, e.g. train.batch_size=256 dst.density=0.02")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="where to train (default %(default)s)")
+    ap.add_argument("--window-s", type=float, default=2.0, help="seconds a timed window lasts, about (default %(default)s)")
+    ap.add_argument("--pairs", type=int, default=10, help="dense+masked window pairs timed (default %(default)s)")
+    ap.add_argument("--update-calls", type=int, default=5, help="timed topology updates, median (default %(default)s)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads, as the stages' `threads` (default %(default)s)")
     ap.add_argument("--dry-run", action="store_true",
-                    help="run 2 steps of everything on CPU at tiny sizes (checks the code paths, measures nothing)")
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads (dry run; default %(default)s)")
-    ap.add_argument("--image-size", type=int, default=32, help=argparse.SUPPRESS)
+                    help="on the CPU at tiny sizes (fashion_mnist_resnet, batch 8, windows of 0.05 s, 2 pairs): "
+                         "checks the code paths, measures nothing")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
     args = ap.parse_args(argv)
+    if args.dry_run:
+        args.device, args.window_s, args.pairs, args.update_calls = "cpu", 0.05, 2, 1
+        if args.experiment == ap.get_default("experiment"):
+            args.experiment = ["fashion_mnist_resnet"]
+        args.set = ["train.batch_size=8", "train.eval_batch_size=8", *args.set]
+    if args.window_s <= 0 or args.pairs < 2 or args.update_calls < 1:
+        raise SystemExit(f"gpu_throughput.py: need --window-s > 0, --pairs >= 2, --update-calls >= 1; got "
+                         f"{args.window_s}, {args.pairs}, {args.update_calls}")
 
     import torch
-    import torchvision  # noqa: F401  (imports torch._dynamo, which probes installed packages)
 
-    stubbed = stub_missing_modules()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_throughput.py: CUDA is not available on this machine; run it on a GPU, or use --device cpu "
+              "(or --dry-run to check the code paths).", file=sys.stderr)
+        return 2
+    from suptickets.runtime import setup
 
-    if args.dry_run:
-        device = torch.device("cpu")
-        torch.set_num_threads(args.threads)
-        args.batch, args.steps, args.warmup, args.repeats = 4, 2, 0, 1
-        args.dataset_size, args.update_calls, args.image_size = 16, 1, 8
-        args.workers = min(args.workers, 2)
-        args.compile = False
-        name = "CPU (dry run)"
-    else:
-        if not torch.cuda.is_available():
-            print("gpu_throughput.py: CUDA is not available on this machine; run it on a GPU "
-                  "(or use --dry-run to check the code paths on CPU).", file=sys.stderr)
-            return 2
-        device = torch.device("cuda")
-        torch.backends.cudnn.benchmark = True
-        name = torch.cuda.get_device_name(device)
-
-    print(f"device: {name}; torch {torch.__version__}; batch {args.batch}, bf16 autocast {args.bf16}, "
-          f"channels_last {args.channels_last}, compile {args.compile}; peak {args.peak_tflops} TFLOPS")
-    if stubbed:
-        print(f"not installed here, replaced by inert stand-ins: {', '.join(stubbed)}")
-    results = [bench_model(m, args, device) for m in args.models]
+    device = setup(args.threads, args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {name}{' (dry run)' if args.dry_run else ''}; torch {torch.__version__}; threads {args.threads}; "
+          f"windows of ~{args.window_s} s, {args.pairs} dense/masked pairs")
+    results = [bench(experiment, args, device) for experiment in args.experiment]
     if args.json:
         args.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "dry_run": args.dry_run,
-                                         "batch": args.batch, "bf16": args.bf16, "channels_last": args.channels_last,
-                                         "compile": args.compile, "peak_tflops": args.peak_tflops,
-                                         "stubbed_modules": stubbed, "results": results}, indent=2) + "\n")
+                                         "window_s": args.window_s, "pairs": args.pairs, "threads": args.threads,
+                                         "results": results}, indent=2) + "\n")
     return 0
 
 
-def bench_model(model_name: str, args, device) -> dict:
-    import numpy as np
+def synthetic_data(cfg: dict, shape, classes: int, device, steps: int) -> dict:
+    """Random uint8 images on the device as the stages hold a data set: a train split of one epoch of
+    `steps` batches (shuffled, the preset's crops and flips) and a val split of one batch."""
     import torch
-    import torch.nn.functional as F
-    from PIL import Image
-    from torch.utils.data import DataLoader, Dataset
-    from torchvision import transforms
 
-    from suptickets.models import build_model, forward_flops
-    from suptickets.sparsity.engine import DST, Masked, init_masks
     from suptickets.batches import Batches
-    from suptickets.train import Speed
-    from suptickets.train import train_step as loop_step
 
-    classes, mean, std = CIFAR[model_name]
+    g = torch.Generator().manual_seed(0)
+    b, aug = cfg["train"]["batch_size"], cfg["data"]["augment"]
+    x = torch.randint(0, 256, (b * steps, *shape), dtype=torch.uint8, generator=g).to(device)
+    y = torch.randint(0, classes, (b * steps,), generator=g).to(device)
+    mean, std = [0.5] * shape[0], [0.25] * shape[0]
+    return {"train": Batches(x, y, mean, std, batch_size=b, shuffle=True, drop_last=True, seed=cfg["seed"],
+                             padding=aug["padding"], flip=aug["flip"]),
+            "val": Batches(x[:b], y[:b], mean, std, batch_size=cfg["train"]["eval_batch_size"])}
+
+
+class Variant:
+    """One side of the comparison: a model, its optimizer and data, trained one epoch per window by
+    the stage's own phase function."""
+
+    def __init__(self, masked: bool, cfg: dict, shape, classes: int, device, steps: int):
+        from suptickets.phases import FlopsMeter
+        from suptickets.runtime import new_model, optimizer_for
+
+        self.masked, self.cfg, self.epoch, self.step = masked, cfg, 0, 0
+        self.model = new_model(cfg, {"shape": list(shape), "num_classes": classes}, device)
+        self.opt = optimizer_for(self.model, cfg["train"])
+        self.flops = FlopsMeter(self.model, shape, cfg["dst"]["method"] if masked else None,
+                                cfg["dst"]["update_frequency"] if masked else None)
+        self.data = synthetic_data(cfg, shape, classes, device, steps)
+
+    def run_epoch(self) -> None:
+        """One epoch of the phase, as a stage resumed at this epoch runs it."""
+        from suptickets.phases import dense, sparse_phase
+
+        e = self.epoch
+        if self.masked:
+            self.step = sparse_phase(self.model, self.opt, self.data, self.cfg, epochs=e + 1, on_epoch=lambda row: None,
+                                     stage="sparse_baseline", flops=self.flops, start_epoch=e, step=self.step)
+        else:
+            self.step = dense(self.model, self.opt, self.data, self.cfg, epochs=e + 1, on_epoch=lambda row: None,
+                              start_epoch=e, step=self.step)
+        self.epoch += 1
+
+
+def bench(experiment: str, args, device) -> dict:
+    import torch
+
+    from suptickets.sparsity.engine import DST, Masked
+
+    cfg = compose(experiment, args.set)
+    shape, classes = SHAPES[cfg["data"]["name"]]
+    b = cfg["train"]["batch_size"]
     cuda = device.type == "cuda"
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
 
     def sync():
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
 
-    # data: uint8 [N, 3, 32, 32] on the device, and the same images as PIL for the DataLoader
-    g = torch.Generator().manual_seed(0)
-    size = args.image_size
-    shape = (3, size, size)
-    x = torch.randint(0, 256, (args.dataset_size, *shape), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, classes, (args.dataset_size,), generator=g)
-    resident = Batches(x.to(device), y.to(device), mean, std, batch_size=args.batch, shuffle=True,
-                       drop_last=True, seed=0, padding=4, flip=True)
-
-    class PILSet(Dataset):
-        def __init__(self, images, labels, transform):
-            self.images, self.labels, self.transform = images, labels, transform
-
-        def __len__(self):
-            return len(self.images)
-
-        def __getitem__(self, i):
-            return self.transform(self.images[i]), self.labels[i]
-
-    hwc = x.permute(0, 2, 3, 1).numpy()
-    pil = PILSet([Image.fromarray(np.ascontiguousarray(a)) for a in hwc], y.tolist(), transforms.Compose([
-        transforms.RandomCrop(size, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-        transforms.Normalize(mean, std)]))
-    loader = DataLoader(pil, batch_size=args.batch, shuffle=True, num_workers=args.workers, pin_memory=cuda,
-                        drop_last=True, persistent_workers=args.workers > 0)
-
-    def endless(make_epoch):
-        epoch = 0
-        while True:
-            yield from make_epoch(epoch)
-            epoch += 1
-
-    torch.manual_seed(0)
-    base = build_model(model_name, shape, classes)
-    fwd_flops = forward_flops(base, shape)
-    train_flops_per_image = 3 * fwd_flops
-
-    def make(sparse: bool):
-        model = build_model(model_name, shape, classes)
-        model.load_state_dict(base.state_dict())
-        model = model.to(device=device, memory_format=fmt)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        masked = rule = None
-        if sparse:
-            init_masks(model, args.density, "erk", False, torch.Generator().manual_seed(0))
-            model = model.to(memory_format=fmt)  # mask buffers like the weights
-            masked = Masked(model, opt)
-            rule = DST(method="rigl", update_frequency=args.update_frequency, prune_rate=0.5,
-                       prune_rate_decay="cosine", total_steps=10**7, stop_step=10**7, seed=0,
-                       target_density=args.density)
-        net = torch.compile(model) if args.compile else model
-        return {"model": model, "net": net, "opt": opt, "masked": masked, "rule": rule}
-
-    speed = Speed(amp="bf16" if args.bf16 else "none", channels_last=args.channels_last)
-
-    def train_step(side, xb, yb, step):  # the loop's own step (train.train_step)
-        loop_step(side["net"], side["opt"], xb, yb, step=step, masked=side["masked"], topology=side["rule"],
-                  speed=speed)
-
-    dense, sparse = make(False), make(True)
-    freq = args.update_frequency
-
-    def resident_batches():
-        return endless(resident.epoch)
-
-    def loader_batches():
-        for xb, yb in endless(lambda e: iter(loader)):
-            yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-
-    variants = {  # name -> [side, batch iterator, step counter, times]
-        "dense_resident": [dense, resident_batches(), 1, []],
-        "masked_resident": [sparse, resident_batches(), 1, []],
-        "dense_dataloader": [dense, loader_batches(), 1, []],
-    }
-
-    def window(v, n):
-        side, it, step, _ = variants[v]
+    def timed(v: Variant) -> float:
         sync()
         t0 = time.perf_counter()
-        for _ in range(n):
-            if step % freq == 0:
-                step += 1  # no topology update inside timed windows; timed on its own below
-            xb, yb = next(it)
-            train_step(side, xb, yb, step)
-            step += 1
+        v.run_epoch()
         sync()
-        variants[v][2] = step
         return time.perf_counter() - t0
 
     t_start = time.perf_counter()
-    for v in variants:
-        if args.warmup:
-            window(v, args.warmup)
-    names = list(variants)
-    for r in range(args.repeats):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for v in order:
-            variants[v][3].append(window(v, args.steps))
+    # warm-up with short epochs: the first one pays for allocation (and compilation), the second is timed
+    # to size the windows
+    probe = 8 if args.dry_run else 30
+    sides = {v: Variant(v == "masked", cfg, shape, classes, device, probe) for v in VARIANTS}
+    for v in VARIANTS:
+        timed(sides[v])
+    per_step = max(timed(sides[v]) for v in VARIANTS) / probe
+    steps = max(2, round(args.window_s / per_step))
+    data = synthetic_data(cfg, shape, classes, device, steps)  # the same models, now on epochs of one window
+    for v in VARIANTS:
+        sides[v].data = data
+        timed(sides[v])
 
-    # the topology update, on fresh gradients, on its own
-    xb, yb = next(variants["masked_resident"][1])
-    update_times = []
-    for _ in range(args.update_calls):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            loss = F.cross_entropy(sparse["net"](xb.contiguous(memory_format=fmt)), yb)
-        sparse["opt"].zero_grad(set_to_none=True)
-        loss.backward()
+    windows = {v: [] for v in VARIANTS}
+    for k in range(args.pairs):  # dense, masked, masked, dense, ...: a steady drift cancels in pairs
+        for v in (VARIANTS if k % 2 == 0 else VARIANTS[::-1]):
+            windows[v].append(timed(sides[v]))
+
+    # one topology update, on a step's dense gradient, as the loop makes it
+    masked_side = sides["masked"]
+    model, opt = masked_side.model, masked_side.opt
+    masked = Masked(model, opt)
+    rule = DST.from_config(cfg["dst"], steps_per_epoch=steps, epochs=cfg["train"]["epochs"],
+                           budget_epochs=cfg["train"]["epochs"], seed=cfg["seed"])
+    from suptickets.train import Speed, train_step
+
+    speed = Speed.from_config(cfg["train"])
+    xb, yb = next(iter(masked_side.data["train"].epoch(0)))
+    update_s = []
+    for k in range(args.update_calls):
+        train_step(model, opt, xb, yb, step=1, masked=masked, speed=speed)  # gradients of a real step
+        grads = masked.dense_grads()
         sync()
         t0 = time.perf_counter()
-        sparse["rule"].update(sparse["masked"], freq * 10, sparse["masked"].dense_grads())
+        rule.update(masked, rule.update_frequency * (k + 1), grads)
         sync()
-        update_times.append(time.perf_counter() - t0)
-        sparse["masked"].mask_grads()
-        sparse["opt"].step()
-        sparse["masked"].apply()
-    update_s = _common.median(update_times)
-    # host-to-device copies inside a masked step (goal: none; normalisation constants, augmentation
-    # randomness and the data live on the device), counted by the CUDA profiler over 10 steps
-    h2d_per_step = None
+        update_s.append(time.perf_counter() - t0)
+    exact = all(bool((w[m == 0] == 0).all()) for w, m in zip(masked.weights, masked.masks))
+
+    host_share = {v: None for v in VARIANTS}
     if cuda:
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            window("masked_resident", 10)
-        h2d_per_step = sum(e.count for e in prof.key_averages() if "HtoD" in e.key) / 10
-    # masks still exact after all that
-    exact = all(bool((w[m == 0] == 0).all()) for w, m in zip(sparse["masked"].weights, sparse["masked"].masks))
+        for v in VARIANTS:
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                timed(sides[v])
+            busy_us = sum(e.self_device_time_total for e in prof.key_averages())
+            host_share[v] = max(0.0, 1.0 - busy_us * 1e-6 / statistics.median(windows[v]))
 
-    ips = {v: args.batch * args.steps / _common.median(t[3]) for v, t in variants.items()}
-    step_masked = _common.median(variants["masked_resident"][3]) / args.steps
-    ips["masked_resident_with_updates"] = args.batch / (step_masked + update_s / freq)
-
-    def mfu(v):
-        return ips[v] * train_flops_per_image / (args.peak_tflops * 1e12)
-
+    ms_per_step = {v: 1e3 * statistics.median(windows[v]) / steps for v in VARIANTS}
     res = {
-        "model": model_name, "classes": classes, "forward_gflops_per_image": fwd_flops / 1e9,
-        "images_per_s": ips, "window_s": {v: t[3] for v, t in variants.items()},
-        "mfu": {v: mfu(v) for v in ips}, "update_ms": update_s * 1e3, "update_frequency": freq,
-        "masked_over_dense": ips["masked_resident"] / ips["dense_resident"],
-        "masked_with_updates_over_dense": ips["masked_resident_with_updates"] / ips["dense_resident"],
-        "resident_over_dataloader": ips["dense_resident"] / ips["dense_dataloader"],
-        "masks_exact": exact, "h2d_copies_per_masked_step": h2d_per_step, "seconds": time.perf_counter() - t_start,
+        "experiment": experiment, "model": cfg["model"]["name"], "input_shape": list(shape), "batch": b,
+        "amp": cfg["train"]["amp"], "channels_last": cfg["train"]["channels_last"], "compile": cfg["train"]["compile"],
+        "dst": {k: cfg["dst"][k] for k in ("method", "density", "update_frequency")},
+        "window_steps": steps, "window_s": windows,
+        "images_per_s": {v: b * steps / statistics.median(windows[v]) for v in VARIANTS},
+        "ms_per_step": ms_per_step, "host_share": host_share,
+        "update_ms": 1e3 * statistics.median(update_s),
+        "masked_over_dense": ratio_interval(windows["dense"], windows["masked"]),
+        "masks_exact": exact, "seconds": time.perf_counter() - t_start,
     }
-    print(f"{model_name} ({classes} classes): {fwd_flops / 1e9:.3f} GFLOP forward per image, "
-          f"{args.steps} steps x {args.repeats} windows per variant")
-    for v, label in (("dense_resident", "dense,  GPU-resident data     "),
-                     ("masked_resident", "masked, GPU-resident data     "),
-                     ("masked_resident_with_updates", f"masked + update every {freq:<4d}    "),
-                     ("dense_dataloader", f"dense,  DataLoader ({args.workers} workers)  ")):
-        print(f"  {label} {ips[v]:10.0f} img/s   MFU {100 * mfu(v):5.1f}%")
-    print(f"  topology update {update_s * 1e3:.1f} ms; masks exact: {exact}; host-to-device copies per masked "
-          f"step: {'not measured (CPU)' if h2d_per_step is None else h2d_per_step}")
-    print(f"  ratios: masked/dense {res['masked_over_dense']:.3f} (with updates "
-          f"{res['masked_with_updates_over_dense']:.3f}); GPU-resident/DataLoader {res['resident_over_dataloader']:.2f}")
-    del loader
+    report(res)
     return res
+
+
+def report(r: dict) -> None:
+    d = r["dst"]
+    print(f"{r['experiment']}: {r['model']} on {'x'.join(map(str, r['input_shape']))}, batch {r['batch']}, amp "
+          f"{r['amp']}, channels_last {r['channels_last']}, compile {r['compile']}; masked: {d['method']} at density "
+          f"{d['density']}, an update every {d['update_frequency']} steps; windows of {r['window_steps']} steps")
+    for v in VARIANTS:
+        share = r["host_share"][v]
+        print(f"  {v:6s} {r['images_per_s'][v]:10.0f} img/s  {r['ms_per_step'][v]:8.3f} ms/step  host share "
+              + ("n/a (CPU: host and device are one)" if share is None else f"{100 * share:.1f}%"))
+    q = r["masked_over_dense"]
+    print(f"  masked/dense {q['ratio']:.4f}, 95% interval [{q['low']:.4f}, {q['high']:.4f}] "
+          f"(half-width {100 * q['half_width_rel']:.2f}%, {q['pairs']} pairs)")
+    print(f"  topology update {r['update_ms']:.2f} ms; masks exact: {r['masks_exact']}")
 
 
 if __name__ == "__main__":

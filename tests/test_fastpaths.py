@@ -7,7 +7,6 @@ import copy
 import importlib.util
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -213,38 +212,52 @@ def test_superpose_steps_equals_the_baseline_superposition():
 
 # (d) ------------------------------------------------------------------------------------------
 
-# Runs a script as on the GPU machine, where these packages are not installed: the import system is
-# made to not find them (importlib.util.find_spec returns None, import raises ModuleNotFoundError).
-HIDE_PACKAGES = textwrap.dedent("""
-    import runpy, sys
-    HIDDEN = {"pandas", "pandera", "hydra", "omegaconf", "dvc", "wandb", "tqdm", "safetensors", "yaml"}
-    class Hide:
-        def __init__(self, inner):
-            self.inner = inner
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in HIDDEN:
-                return None
-            find = getattr(self.inner, "find_spec", None)
-            return find(name, path, target) if find else None
-        def __getattr__(self, attr):
-            return getattr(self.inner, attr)
-    sys.meta_path[:] = [Hide(f) for f in sys.meta_path]
-    sys.argv = sys.argv[1:]
-    sys.path.insert(0, sys.argv[0].rsplit("/", 1)[0])  # as `python script.py` does: its folder importable
-    runpy.run_path(sys.argv[0], run_name="__main__")
-""")
+def test_gpu_throughput_dry_run_times_the_stages_loop_and_reports_the_ratio_interval(tmp_path):
+    """Structure, not timings: the preset's settings, alternating windows, the pairwise ratio."""
+    import json
+    import statistics
 
-
-def test_gpu_throughput_dry_run_on_cpu_without_the_pipeline_packages():
-    script = str(BENCH / "gpu_throughput.py")
-    proc = subprocess.run([sys.executable, "-c", HIDE_PACKAGES, script, "--dry-run", "--models", "resnet32",
-                           "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = tmp_path / "t.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_throughput.py"), "--dry-run", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    out = proc.stdout
-    assert "device: CPU (dry run)" in out
-    assert "replaced by inert stand-ins: pandas, safetensors, tqdm" in out
-    assert "masks exact: True" in out
-    assert "GPU-resident/DataLoader" in out
+    assert "device: CPU (dry run)" in proc.stdout
+    d = json.loads(out.read_text())
+    assert d["dry_run"] and d["pairs"] == 2
+    [r] = d["results"]
+    assert (r["experiment"], r["model"], r["input_shape"], r["batch"]) == ("fashion_mnist_resnet", "resnet20",
+                                                                           [1, 28, 28], 8)
+    assert r["dst"] == {"method": "rigl", "density": 0.05, "update_frequency": 100}  # the preset's
+    steps, w = r["window_steps"], r["window_s"]
+    assert steps >= 2 and [len(w["dense"]), len(w["masked"])] == [2, 2] and min(w["dense"] + w["masked"]) > 0
+    for v in ("dense", "masked"):
+        assert r["images_per_s"][v] == pytest.approx(8 * steps / statistics.median(w[v]))
+        assert r["ms_per_step"][v] == pytest.approx(1e3 * statistics.median(w[v]) / steps)
+    q = r["masked_over_dense"]
+    assert q["ratios"] == pytest.approx([a / b for a, b in zip(w["dense"], w["masked"])]) and q["pairs"] == 2
+    assert q["low"] <= q["ratio"] <= q["high"] and q["ratio"] == pytest.approx(statistics.fmean(q["ratios"]))
+    assert r["host_share"] == {"dense": None, "masked": None}  # no separate device on a CPU
+    assert r["update_ms"] > 0 and r["masks_exact"] is True
+    for text in ("masked/dense", "95% interval", "ms/step", "topology update", "masks exact: True"):
+        assert text in proc.stdout
+
+
+def test_gpu_throughput_ratio_interval_by_hand():
+    q = load_bench("gpu_throughput").ratio_interval([2.0, 2.2], [2.0, 2.0])
+    # ratios 1.0 and 1.1: mean 1.05, sd 0.0707, half-width t(0.975, 1) = 12.706 x 0.0707 / sqrt(2) = 0.6353
+    assert q["ratios"] == pytest.approx([1.0, 1.1]) and q["ratio"] == pytest.approx(1.05)
+    assert q["high"] - q["ratio"] == pytest.approx(0.6353, abs=1e-3) and q["ratio"] - q["low"] == pytest.approx(0.6353, abs=1e-3)
+    assert q["half_width_rel"] == pytest.approx(0.6353 / 1.05, abs=1e-3)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--experiment", "nope"], "--experiment 'nope' is not a preset; one of ["),
+    (["--pairs", "1"], "need --window-s > 0, --pairs >= 2, --update-calls >= 1; got 2.0, 1, 5"),
+])
+def test_gpu_throughput_refuses_bad_input_in_one_line(args, message):
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_throughput.py"), "--device", "cpu", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")

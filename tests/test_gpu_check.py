@@ -63,8 +63,8 @@ def test_dry_run_reports_parity_throughput_and_gain(tmp_path):
 
     t = d["throughput"]
     assert t["status"] == "done" and t["rc"] == 0
-    assert [r["model"] for r in t["results"]] == ["resnet50", "resnet32"]
-    assert all(r["masks_exact"] and r["images_per_s"]["dense_resident"] > 0 for r in t["results"])
+    assert [(r["experiment"], r["model"]) for r in t["results"]] == [("fashion_mnist_resnet", "resnet20")]
+    assert all(r["masks_exact"] and r["images_per_s"]["dense"] > 0 for r in t["results"])
 
     g = d["gain"]
     assert g["status"] == "4 of 4 planned runs finished" and g["parallel"] == 2
@@ -83,7 +83,7 @@ def test_dry_run_reports_parity_throughput_and_gain(tmp_path):
     md = (out / "gpu_check.md").read_text()
     assert md.startswith("# GPU check (dry run on the CPU")
     assert "| models identical in both runs | True |" in md and "| files that differ | none |" in md
-    assert "| resnet32 |" in md and "| resnet50 |" in md
+    assert "| fashion_mnist_resnet | resnet20 |" in md
     assert all(line in md for line in TABLE_HEADER)
     assert md.count("| done |") == 4 and "| 0.95 |" in md and "| 0.98 |" in md
     log = (out / "gpu_check.log").read_text()

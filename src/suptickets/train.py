@@ -108,8 +108,26 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's lr to `lr`: a Python float replaced, or a device tensor (`lr_on_device`) written
+    in place, so that a replayed CUDA graph reads this step's value."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def lr_on_device(optimizer: torch.optim.Optimizer) -> None:
+    """Each group's lr moved into a float32 0-d tensor on its parameters' device (then `set_lr` writes
+    it in place each step): what a captured optimizer step needs, since a Python float would be
+    frozen into the graph. float32 is the dtype fused CUDA SGD reads its lr tensor as, and loses
+    nothing for float32 weights: their update rounds the lr to float32 either way (unfused SGD with
+    the tensor lr gives the float path's bits; fused SGD gives the same bits with a float or a
+    tensor lr; fused and unfused SGD differ from each other by rounding)."""
+    for group in optimizer.param_groups:
+        if not isinstance(group["lr"], torch.Tensor):
+            device = group["params"][0].device
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
 
 
 def progress_postfix(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, lr: float,

@@ -27,8 +27,7 @@ from torch import nn
 from ..choices import GROW_RULE, REPICKED
 from ..schedules import prune_window
 from . import MASK_BUFFER
-from .dst import cubic_density, global_magnitude_prune, prune_and_regrow, prune_rate_at
-from .masks import count
+from .dst import cubic_density, global_magnitude_prune, prune_and_regrow, prune_rate_at, random_picks
 from .masks import layer_counts, random_mask
 
 
@@ -101,6 +100,7 @@ class Masked:
         self.check_ranks = check_ranks and dist.is_available() and dist.is_initialized()
         self.rank_checks = 0
         self.apply_each_step = not step_keeps_zeros(optimizer)
+        self.counts = read_counts(self.masks)  # active entries per layer, on the host (see set_masks)
         self.zero_outside()
 
     @torch.no_grad()
@@ -143,9 +143,12 @@ class Masked:
                 buf.mul_(m)
 
     @torch.no_grad()
-    def set_masks(self, new: Sequence[torch.Tensor], grown: Sequence[torch.Tensor] | None = None) -> None:
+    def set_masks(self, new: Sequence[torch.Tensor], grown: Sequence[torch.Tensor] | None = None,
+                  counts: Sequence[int] | None = None) -> None:
         """Install new masks: weights and momentum outside them become zero, and so do the `grown`
-        positions (each layer's bool tensor) where given. Positions inactive before are zero already."""
+        positions (each layer's bool tensor) where given. Positions inactive before are zero already.
+        `counts`: the new masks' active entries per layer where the caller knows them; else they are
+        read back, all layers in one host sync."""
         for i, (w, m) in enumerate(zip(self.weights, self.masks)):
             m.copy_(new[i])
             keep = m if grown is None else m * (~grown[i]).to(m.dtype)
@@ -153,6 +156,7 @@ class Masked:
             buf = self.optimizer.state.get(w, {}).get("momentum_buffer")
             if buf is not None:
                 buf.mul_(keep)
+        self.counts = list(counts) if counts is not None else read_counts(self.masks)
         if self.check_ranks:
             self.assert_ranks_agree()
 
@@ -161,27 +165,46 @@ class Masked:
         """Per layer, move round(rate·active) weights: magnitude prune, regrow by `rule` (`grads`:
         the dense gradient of each weight, from `dense_grads()`). `repicked` (`dst.repicked`): a weight
         pruned and regrown in this update keeps its value and momentum (`keep`, the reference's rule)
-        or restarts at zero like a newly grown one (`zero`)."""
+        or restarts at zero like a newly grown one (`zero`).
+
+        No host sync: the layers' counts are known on the host (an update moves weights, it keeps
+        each layer's count), each selection is one top-k, and SET's random picks are drawn on the
+        CPU generator for all layers first (the same numbers, in the same order, as layer by layer)
+        and cross to the device in one copy."""
         if repicked not in REPICKED:
             raise ValueError(f"dst.repicked must be one of {list(REPICKED)}, got {repicked!r}")
+        moves = [max(0, min(round(rate * k), k)) for k in self.counts]
+        picks = self.draw_picks(moves, generator) if rule == "random" else [None] * len(moves)
         new, regrown = [], []
-        for w, m, grad in zip(self.weights, self.masks, grads):
-            mask = m.bool()
-            n = round(rate * int(mask.sum()))
-            nm, g = prune_and_regrow(w.detach(), mask, n, rule, grad=grad, generator=generator)
+        for w, m, grad, k, n, p in zip(self.weights, self.masks, grads, self.counts, moves, picks):
+            nm, g = prune_and_regrow(w.detach(), m.bool(), n, rule, grad=grad, generator=generator,
+                                     active=k, picks=p)
             new.append(nm)
             regrown.append(g)
-        self.set_masks(new, regrown if repicked == "zero" else None)
+        self.set_masks(new, regrown if repicked == "zero" else None, counts=self.counts)
+
+    def draw_picks(self, moves: Sequence[int], generator: torch.Generator) -> list[torch.Tensor]:
+        """Each layer's `dst.random_picks` for moving `moves[l]` weights, on the masks' device."""
+        sizes = [m.numel() - k + n for m, k, n in zip(self.masks, self.counts, moves)]
+        drawn = torch.cat([random_picks(s, n, generator) for s, n in zip(sizes, moves)])
+        return list(torch.split(drawn.to(self.masks[0].device), sizes))
 
     def global_prune(self, keep: int) -> None:
-        new = global_magnitude_prune([w.detach() for w in self.weights], [m.bool() for m in self.masks], keep)
+        """Keep the `keep` largest |w| over all layers; the layers' new counts are read in one sync."""
+        new = global_magnitude_prune([w.detach() for w in self.weights], [m.bool() for m in self.masks], keep,
+                                     active=self.active())
         self.set_masks(new)
 
     def active(self) -> int:
-        return count(self.masks)  # exact: a float32 sum of the masks rounds past 2^24 entries
+        return sum(self.counts)
 
     def total(self) -> int:
         return sum(m.numel() for m in self.masks)
+
+
+def read_counts(masks: Sequence[torch.Tensor]) -> list[int]:
+    """Active entries of each mask, exact (a float32 sum would round past 2^24), in one host read."""
+    return torch.stack([torch.count_nonzero(m) for m in masks]).tolist() if masks else []
 
 
 class Topology(Protocol):

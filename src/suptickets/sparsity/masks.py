@@ -154,11 +154,6 @@ def select_largest(values: Tensor, k: int) -> Tensor:
     return keep
 
 
-def select_smallest(values: Tensor, k: int) -> Tensor:
-    """Bool 1-D mask of the exact k smallest entries of 1-D `values`; ties: lower index wins."""
-    return select_largest(-values, k)
-
-
 def topk_mask(scores: Tensor, k: int) -> Tensor:
     """Bool mask shaped like `scores` of its exact k largest entries; ties: lower index wins."""
     flat = scores.detach().reshape(-1)
