@@ -106,6 +106,7 @@ class Stage:
     extra: Callable[[], dict] = dict  # stage-specific state to keep in the resume checkpoint
     _model: object = None
     _optimizer: object = None
+    live: list = field(default_factory=list)  # files written while training, removed if the stage fails
 
     def resume(self, model, optimizer, inputs: list[str]) -> dict:
         """Restore the last end-of-epoch checkpoint of this stage, config and inputs, if any.
@@ -130,9 +131,26 @@ class Stage:
     def on_epoch(self, row: dict) -> None:
         self.history.append(row)
         self.run.log(row)  # the same metric names in every stage, so W&B panels overlay the runs
+        self.write_live(row)
         if self.checkpoint is not None and self.rank == 0:
             self.checkpoint.save(self._model, self._optimizer, {"epoch": row["epoch"], "step": row["step"],
                                                                 "history": self.history, "extra": self.extra()})
+
+    def write_live(self, row: dict) -> None:
+        """After each epoch (rank 0): the history CSV so far, and the metrics file as this epoch's
+        row. Both are the stage's declared outputs, and DVC reads a running experiment's workspace,
+        so `dvc exp show` and `dvc plots show` follow a stage while it trains (dvclive's way, by
+        hand: see the README); the stage's end overwrites both with its final files."""
+        if self.rank != 0:
+            return
+        self.write_history()
+        write_json(f"metrics/{self.name}.json", row)
+        self.live = [f"plots/{self.name}.csv", f"metrics/{self.name}.json"]
+
+    def discard_live(self) -> None:
+        """A failed or interrupted stage leaves no half-made output behind."""
+        for path in self.live:
+            Path(path).unlink(missing_ok=True)
 
     def save_model(self, path, model) -> None:
         """Only rank 0 writes artifacts."""
@@ -345,19 +363,23 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
                     changed=changed, source=provenance() if rank == 0 and mode != "disabled" else None)
     signal.signal(signal.SIGTERM, _interrupt)
     clock = StageClock.start(name, cfg, Path(root)) if rank == 0 and os.environ.get("DVC_STAGE") else None
+    this = Stage(name, cfg, run, rank=rank)
     try:
-        body(Stage(name, cfg, run, rank=rank))
+        body(this)
     except SupticketsError as err:
+        this.discard_live()
         run.finish(exit_code=2)
         hint = leave_run_folder(failed=True)
         _fail(name, SupticketsError(f"{str(err).rstrip()}{hint}"))
     except KeyboardInterrupt:
+        this.discard_live()
         run.finish(exit_code=130)
         entered = RUN["entered"]
         how = f"rerun it with hydra.run.dir={entered.folder}" if entered and entered.made else "rerun the stage"
         print(f"error: {name}: interrupted; {how} to resume from its last finished epoch", file=sys.stderr)
         sys.exit(130)
     except BaseException:
+        this.discard_live()
         run.finish(exit_code=1)
         leave_run_folder(failed=True)
         raise
