@@ -5,6 +5,7 @@ its copy in the repository's DVC cache, or the file itself in the repository; a 
 experiment's model that is not in the cache gets no reference (its temporary folder goes away)."""
 
 import json
+import os
 from pathlib import Path
 
 import hydra
@@ -31,6 +32,18 @@ def dvc_cache() -> Path:
     from dvc.config import Config
 
     return Path(Config(dvc_dir=".dvc")["cache"].get("dir") or ".dvc/cache").resolve()
+
+
+def remote_object(md5: str) -> str | None:
+    """Where `make push` puts the file with this md5 in the default DVC remote (None without one):
+    what a colleague can fetch, checked by the md5 beside it. Read from the repository's own config
+    (DVC_ROOT: a queued experiment's temporary copy would resolve a relative folder remote wrongly)."""
+    from dvc.config import Config
+
+    config = Config(dvc_dir=str(Path(os.environ.get("DVC_ROOT") or ".") / ".dvc"))
+    name = config["core"].get("remote")
+    url = config["remote"].get(name, {}).get("url") if name else None
+    return f"{str(url).rstrip('/')}/files/md5/{md5[:2]}/{md5[2:]}" if url else None
 
 
 def cached_file(cache: Path, md5: str) -> Path:
@@ -111,7 +124,8 @@ def run(s: Stage) -> None:
                             f"away: no W&B reference for it")
                 continue
             models.append({"name": n, "path": ref, "file_name": p.name,
-                           "metadata": {**meta, "path": p.as_posix(), "test_acc": by_model.get(n, {}).get("test_acc"),
+                           "metadata": {**meta, "path": p.as_posix(), "dvc_remote_object": remote_object(meta["md5"]),
+                                        "test_acc": by_model.get(n, {}).get("test_acc"),
                                         "density": by_model.get(n, {}).get("density")}})
         report.log_to_wandb(wb, rows, figures, final, models)
     log.info(f"report: {SUMMARY} and {', '.join(str(p) for p in figures.values())}")

@@ -121,6 +121,12 @@ def test_a_queued_experiment_runs_beside_the_existing_one(queued_repo):
     references = [entry.ref for r in runs for rec in read_wandb_records(next(r.glob("*.wandb")))
                   if rec.HasField("artifact") and rec.artifact.type == "model" for entry in rec.artifact.manifest.contents]
     assert len(references) == 6  # dense, sparse_baseline, warmup, 2 tickets, superposed
+    remote = run(repo, "dvc", "remote", "list").stdout.split()[1]  # the default remote's folder
+    for r in runs:
+        for rec in read_wandb_records(next(r.glob("*.wandb"))):
+            if rec.HasField("artifact") and rec.artifact.type == "model":
+                meta = json.loads(rec.artifact.metadata)  # where a colleague gets the file after make push
+                assert meta["dvc_remote_object"] == f"{remote}/files/md5/{meta['md5'][:2]}/{meta['md5'][2:]}", meta
     cache = (repo / ".dvc/cache/files/md5").resolve()
     for ref in references:  # the temporary experiment folder is gone; the DVC cache's copies are not
         path = Path(ref.removeprefix("file://"))
