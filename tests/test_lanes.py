@@ -5,7 +5,10 @@ benchmarks/gain.py's `--lanes` run real stages in tests/test_lanes_chain.py."""
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
+import pytest
 import torch
 
 from suptickets import lanes, phases, train
@@ -13,6 +16,7 @@ from suptickets.errors import TrainingDiverged
 from suptickets.models import build_model
 from suptickets.sparsity.engine import masks_of
 
+from conftest import error_lines, run_stage, tree
 from test_engine import CLASSES, SHAPE, toy_data
 from test_train import cfg
 
@@ -91,3 +95,67 @@ def test_a_lane_that_fails_stops_alone_with_its_code(capsys):
     printed = capsys.readouterr()
     assert "error: sparse_baseline: training diverged" in printed.out
     assert "ZeroDivisionError" in printed.err  # not a project error: its traceback is kept
+
+
+# ----------------------------------------------------------------------------------------------
+# stages/chain.py +lanes: real stages, real Hydra, on the small subset (tests/conftest.py's SMALL)
+
+def lanes_arg(*lanes: str) -> str:
+    return "+lanes=[" + ",".join(f'"{lane}"' for lane in lanes) + "]"
+
+
+def chain_alone_and_in_lanes(folder: Path, chain: str, lanes: list[str]) -> tuple[list[dict], list[list[str]],
+                                                                                  subprocess.CompletedProcess]:
+    """Each lane's overrides as a chain run alone (`alone-<k>/`), then all as lanes of one job
+    (`job/lane-<k>/`); returns the alone runs' files and error lines, and the job's process."""
+    alone, errors = [], []
+    for k, lane in enumerate(lanes):
+        proc = run_stage(folder, "chain", chain, *lane.split(), f"hydra.run.dir=alone-{k}")
+        alone.append(tree(folder / f"alone-{k}"))
+        errors.append(error_lines(proc))
+    return alone, errors, run_stage(folder, "chain", chain, lanes_arg(*lanes), "hydra.run.dir=job")
+
+
+def test_chain_lanes_write_exactly_what_each_chain_alone_writes(tmp_path):
+    lanes = ["seed=1", "seed=2 dst.density=0.05 dst.update_frequency=3"]
+    alone, errors, proc = chain_alone_and_in_lanes(tmp_path, "+chain=[prepare,sparse_baseline,warmup,tickets]", lanes)
+    assert proc.returncode == 0 and errors == [[], []], proc.stderr
+    for k in range(2):
+        files = tree(tmp_path / "job" / f"lane-{k}")
+        assert {"models/tickets/ticket_01.safetensors", "metrics/tickets.json", "plots/warmup.csv",
+                ".hydra/config.yaml"} <= set(files)
+        assert files == alone[k], k  # models, metrics, history, data, the .hydra record: byte for byte
+    assert alone[0]["models/warmup.safetensors"] != alone[1]["models/warmup.safetensors"]
+    lines = proc.stdout + proc.stderr
+    assert "lane-1 (seed=2 dst.density=0.05 dst.update_frequency=3): tickets: done" in lines
+    assert "chain: 2 of 2 lanes finished" in proc.stderr
+
+
+def test_a_diverging_lane_stops_alone_with_its_one_line_error(tmp_path):
+    bad = "train.lr=1e30 dst.update_frequency=1"
+    alone, errors, proc = chain_alone_and_in_lanes(tmp_path, "+chain=[prepare,sparse_baseline]", [bad, "seed=1"])
+    assert proc.returncode == 2
+    (line,) = error_lines(proc)
+    assert line.startswith(f"error: lane-0 ({bad}): sparse_baseline: training diverged (loss nan) at epoch 1, "
+                           "step 1, before a topology update; lower train.lr"), proc.stderr
+    assert errors == [[line.replace(f"lane-0 ({bad}): ", "")], []]  # the line the same run alone ends with
+    assert tree(tmp_path / "job" / "lane-1") == alone[1]
+    assert not (tmp_path / "job" / "lane-0" / "models").exists()
+    assert f"chain: 1 of 2 lanes finished in {tmp_path / 'job'}/lane-*; failed: lane-0 ({bad}): exit 2" in proc.stderr
+
+
+@pytest.mark.parametrize("value, says", [
+    ("+lanes=[]", "+lanes=[]: expected a list of quoted strings, one per lane"),
+    ("+lanes=3", "+lanes=3: expected a list of quoted strings"),
+    (lanes_arg("seed=1", "dst.densty=0.1"), "+lanes: lane-1 (dst.densty=0.1): dst.densty: unknown key; did you mean dst.density?"),
+    (lanes_arg("seed=1 dst=rigel"), "+lanes: lane-0 (seed=1 dst=rigel): In 'params': Could not find 'dst/rigel'"),
+    (lanes_arg("seed=1", "train.lr=-1"), "+lanes: lane-1 (train.lr=-1): train.lr=-1: expected a number > 0"),
+    (lanes_arg("seed"), "+lanes: lane-0 (seed): seed: expected key=value"),
+    (lanes_arg("+chain=[dense]"), "+lanes: lane-0 (+chain=[dense]): +chain=[dense]: the job's, not a lane's to set"),
+])
+def test_bad_lanes_are_one_line_before_any_work(tmp_path, value, says):
+    proc = run_stage(tmp_path, "chain", "+chain=[prepare,dense]", value)
+    assert proc.returncode == 2 and error_lines(proc) == [line for line in error_lines(proc) if says in line] \
+        and len(error_lines(proc)) == 1, proc.stderr
+    assert error_lines(proc)[0].startswith(f"error: chain: {says}"), proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
