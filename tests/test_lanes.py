@@ -4,8 +4,10 @@ benchmarks/gain.py's `--lanes` run real stages in tests/test_lanes_chain.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from suptickets.errors import TrainingDiverged
 from suptickets.models import build_model
 from suptickets.sparsity.engine import masks_of
 
-from conftest import error_lines, run_stage, tree
+from conftest import ROOT, SMALL, STAGE_ENV, error_lines, run_stage, tree
 from test_engine import CLASSES, SHAPE, toy_data
 from test_train import cfg
 
@@ -159,3 +161,39 @@ def test_bad_lanes_are_one_line_before_any_work(tmp_path, value, says):
         and len(error_lines(proc)) == 1, proc.stderr
     assert error_lines(proc)[0].startswith(f"error: chain: {says}"), proc.stderr
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+# ----------------------------------------------------------------------------------------------
+# benchmarks/gain.py --lanes: a grid's runs N to a process, tabulated from their folders
+
+def gain_py(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks/gain.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env=STAGE_ENV)
+
+
+def test_gain_lanes_runs_the_grid_in_lane_folders_and_tabulates_them(tmp_path):
+    grid = ["--densities", "0.1", "0.05", "--seeds", "2", "--prefix", "t", "--lanes", "3",
+            *[a for o in SMALL for a in ("-S", o)]]
+    proc = gain_py(tmp_path, *grid, "--json", "gain.json")
+    assert proc.returncode == 0, proc.stderr
+    folders = json.loads((tmp_path / ".gain/t/runs.json").read_text())
+    assert sorted(folders) == [f"t-{d}-s{s}" for d in ("0.05", "0.1") for s in (0, 1)]
+    assert folders["t-0.05-s0"] == ".gain/t/part-0/lane-2" and folders["t-0.05-s1"] == ".gain/t/part-1/lane-0"
+    cells = json.loads((tmp_path / "gain.json").read_text())["cells"]
+    for name, folder in folders.items():
+        metrics = json.loads((tmp_path / folder / "metrics/evaluate.json").read_text())
+        d, s = name.split("-")[1], name.rsplit("-s", 1)[1]
+        assert metrics["target_density"] == float(d)
+        assert cells[d]["runs"][s]["superposed"] == metrics["test_acc"]["superposed"]
+    assert [c["n"] for c in cells.values()] == [2, 2]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| 0.")]
+    assert len(table) == 2 and table[0].startswith("| 0.1 | 2 |")
+    again = gain_py(tmp_path, *grid, "--collect-only")  # the same table from the folders, nothing run
+    assert [line for line in again.stdout.splitlines() if line.startswith("| 0.")] == table
+
+
+def test_gain_lanes_refuses_a_bad_number_in_one_line(tmp_path):
+    proc = gain_py(tmp_path, "--lanes", "0")
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "error: --lanes 0: expected a number of runs per process, 1 or more"]
+    assert not list(tmp_path.iterdir())
