@@ -146,6 +146,21 @@ def test_a_diverging_lane_stops_alone_with_its_one_line_error(tmp_path):
     assert f"chain: 1 of 2 lanes finished in {tmp_path / 'job'}/lane-*; failed: lane-0 ({bad}): exit 2" in proc.stderr
 
 
+def test_each_lane_has_its_own_wandb_runs_named_by_its_overrides(tmp_path):
+    from test_report import read_wandb_records
+
+    proc = run_stage(tmp_path, "chain", "+chain=[prepare,dense]", lanes_arg("seed=1", "seed=2"), "hydra.run.dir=job",
+                     env={"WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr
+    small = " ".join(o for o in SMALL if not o.startswith("experiment="))
+    for k in range(2):
+        names = set()
+        for r in (tmp_path / "job" / f"lane-{k}" / "wandb").glob("offline-run-*"):
+            records = read_wandb_records(next(r.glob("*.wandb")))
+            names.add(next(rec.run.display_name for rec in records if rec.HasField("run")))
+        assert names == {f"smoke {small} seed={k + 1} · {s}" for s in ("prepare", "dense")}  # not +lanes=[...]
+
+
 @pytest.mark.parametrize("value, says", [
     ("+lanes=[]", "+lanes=[]: expected a list of quoted strings, one per lane"),
     ("+lanes=3", "+lanes=3: expected a list of quoted strings"),
