@@ -366,7 +366,7 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
         run.finish(exit_code=130)
         entered = RUN.entered
         how = f"rerun it with hydra.run.dir={entered.folder}" if entered and entered.made else "rerun the stage"
-        print(f"error: {name}: interrupted; {how} to resume from its last finished epoch", file=sys.stderr)
+        print(f"error: {lane_prefix()}{name}: interrupted; {how} to resume from its last finished epoch", file=sys.stderr)
         sys.exit(130)
     except BaseException:
         run.finish(exit_code=1)
@@ -387,9 +387,13 @@ def _interrupt(signum, frame) -> None:
 
 def _fail(name: str, err: Exception) -> None:
     lines = str(err).strip().splitlines() or [type(err).__name__]
-    thread = threading.current_thread()
-    lane = "" if thread is threading.main_thread() else f"{thread.name}: "  # a lane of chain.py +lanes
     for line in lines:  # a message that already names the stage (TrainingDiverged does) is not named twice
-        print(f"error: {lane}{name}: {line.removeprefix(f'{name}: ')}", file=sys.stderr)
+        print(f"error: {lane_prefix()}{name}: {line.removeprefix(f'{name}: ')}", file=sys.stderr)
     sys.exit(2)
+
+
+def lane_prefix() -> str:
+    """`<lane name>: ` in a lane of `chain.py +lanes` (a thread of suptickets.lanes), else ""."""
+    thread = threading.current_thread()
+    return "" if thread is threading.main_thread() else f"{thread.name}: "
 

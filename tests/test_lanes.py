@@ -161,6 +161,35 @@ def test_each_lane_has_its_own_wandb_runs_named_by_its_overrides(tmp_path):
         assert names == {f"smoke {small} seed={k + 1} · {s}" for s in ("prepare", "dense")}  # not +lanes=[...]
 
 
+def test_sigterm_stops_every_lane_which_then_resumes_in_its_folder(tmp_path):
+    """Killed once a lane has a resume checkpoint, every lane stops at its next step (exit 130); the
+    same command with hydra.run.dir of the job goes on and ends with the same files as runs alone."""
+    import signal
+    import time
+
+    chain, lanes = "+chain=[prepare,sparse_baseline]", lanes_arg("seed=1", "seed=2")
+    args = [sys.executable, str(ROOT / "stages/chain.py"), *SMALL, "train.epochs=40", chain, lanes, "hydra.run.dir=job"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=STAGE_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    start = time.time()
+    while not list(tmp_path.glob("job/lane-*/.cache/suptickets/resume/*/state.safetensors")) and time.time() - start < 120:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert sorted(line for line in err.splitlines() if line.startswith("error: ")) == [
+        f"error: lane-{k} (seed={k + 1}): sparse_baseline: interrupted; rerun the stage to resume from its last "
+        "finished epoch" for k in range(2)], err
+    assert not list(tmp_path.glob("job/lane-*/models/sparse_baseline.safetensors"))
+    again = subprocess.run(args, cwd=tmp_path, env=STAGE_ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "resuming after epoch" in again.stdout + again.stderr, again.stderr
+    for k in range(2):
+        alone = run_stage(tmp_path, "chain", "train.epochs=40", chain, f"seed={k + 1}", f"hydra.run.dir=alone-{k}")
+        assert alone.returncode == 0, alone.stderr
+        files = tree(tmp_path / "job" / f"lane-{k}")
+        for name in ("models/sparse_baseline.safetensors", "metrics/sparse_baseline.json", "plots/sparse_baseline.csv"):
+            assert files[name] == tree(tmp_path / f"alone-{k}")[name], (k, name)
+
+
 @pytest.mark.parametrize("value, says", [
     ("+lanes=[]", "+lanes=[]: expected a list of quoted strings, one per lane"),
     ("+lanes=3", "+lanes=3: expected a list of quoted strings"),

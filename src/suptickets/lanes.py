@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -126,8 +128,8 @@ class _LaneNames(logging.Filter):
 
 def run(bodies: Sequence[Callable[[], None]], names: Sequence[str]) -> list[int]:
     """Run each body as a lane (thread `names[k]`), one training step each in turn, until all have
-    ended; returns their exit codes in order (0: finished). Ctrl-C stops every lane at its next step
-    (exit 130 each; a stage keeps its resume checkpoint)."""
+    ended; returns their exit codes in order (0: finished). Ctrl-C or SIGTERM stops every lane at
+    its next step (exit 130 each; a stage keeps its resume checkpoint of the last finished epoch)."""
     start = Context.capture()
     lanes = [Lane(k, name, body, Context(start.cwd, start.rng.clone(), start.threads, start.cuda_rng))
              for k, (body, name) in enumerate(zip(bodies, names))]
@@ -136,21 +138,29 @@ def run(bodies: Sequence[Callable[[], None]], names: Sequence[str]) -> list[int]
     names_filter = _LaneNames()
     log.addFilter(names_filter)
     train.turn = _turn
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _interrupt) if main else None  # a kill (SLURM, DVC) stops them as Ctrl-C
     try:
         for t in threads:
             t.start()
+        while any(lane.code is None for lane in lanes):  # (a join cut by a signal may leave a thread "dead")
+            try:
+                time.sleep(0.05)
+            except KeyboardInterrupt:
+                rotation.stopping = True
         for t in threads:
-            while t.is_alive():
-                try:
-                    t.join(0.2)
-                except KeyboardInterrupt:
-                    with rotation.cond:
-                        rotation.stopping = True
+            t.join()
     finally:
+        if main:
+            signal.signal(signal.SIGTERM, before)
         train.turn = train.no_turn
         log.removeFilter(names_filter)
         start.restore()
     return [lane.code for lane in lanes]
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _main(lane: Lane, rotation: Rotation) -> None:
