@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from suptickets import lanes, phases, train
 from suptickets.errors import TrainingDiverged
@@ -241,3 +242,16 @@ def test_gain_lanes_refuses_a_bad_number_in_one_line(tmp_path):
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
         "error: --lanes 0: expected a number of runs per process, 1 or more"]
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.e2e
+def test_a_submitit_sweep_over_lane_lists_runs_each_list_as_one_job(tmp_path):
+    proc = run_stage(tmp_path, "chain", "-m", "hydra/launcher=submitit_local", *SMALL, "+chain=[prepare,dense]",
+                     '+lanes=["seed=0","seed=1"],["seed=2"]', "hydra.sweep.dir=sweep", small=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lanes = sorted(p.relative_to(tmp_path / "sweep").as_posix() for p in (tmp_path / "sweep").glob("*/lane-*"))
+    assert lanes == ["0/lane-0", "0/lane-1", "1/lane-0"], proc.stderr
+    seeds = [[o for o in yaml.safe_load((tmp_path / "sweep" / lane / ".hydra/overrides.yaml").read_text())
+              if o.startswith("seed=")] for lane in lanes]
+    assert seeds == [["seed=0"], ["seed=1"], ["seed=2"]]
+    assert all((tmp_path / "sweep" / lane / "models/dense.safetensors").is_file() for lane in lanes)
