@@ -15,6 +15,14 @@ factor with several levels, its effect on the gain (paired by seed, averaged ove
                      # one factor whose levels set several keys together ('+' joins keys and their values)
     python benchmarks/gain.py --grid --jobs 2 -S threads=1 --png benchmarks/gain_grid.png
                      # densities 0.2/0.05/0.02 x tickets.lr_max 0.01/0.05/0.1, 3 seeds, with a heatmap
+    python benchmarks/gain.py --lanes 8 -S device=cuda --seeds 8
+                     # no DVC: the runs 8 to a process, as lanes of stages/chain.py (+lanes), in .gain/gain/
+
+With `--lanes N` the runs are not DVC experiments: each process is one `stages/chain.py` job of N
+lanes (the stages `--stages` needs, prepare first, in `.gain/<prefix>/part-<i>/lane-<k>/`, its log in
+`part-<i>.log`, the run names' folders in `.gain/<prefix>/runs.json`), `--jobs` processes at a time,
+and the table comes from the folders' `metrics/evaluate.json`. On a GPU the lanes of a process share
+the device (each its own CUDA stream); on a CPU they take as long as the same runs one by one.
 """
 
 from __future__ import annotations
@@ -23,12 +31,21 @@ import argparse
 import itertools
 import json
 import re
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import _common
+import yaml  # noqa: E402
+
+from suptickets.errors import ConfigError  # noqa: E402
 from suptickets.gains import effects, row, summarize  # noqa: E402
+from suptickets.sweep import upstream  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LANES_DIR = Path(".gain")  # --lanes: the runs' folders, under the working directory (git-ignored)
 
 GRID = {"dst.density": ["0.2", "0.05", "0.02"], "tickets.lr_max": ["0.01", "0.05", "0.1"]}
 
@@ -88,6 +105,47 @@ def results(names: list[str]) -> dict[str, dict]:
                 if name in names and metrics.get("data"):
                     out[name] = metrics["data"]
     return out
+
+
+def lane_folders(names: list[str], lanes: int, prefix: str) -> dict[str, Path]:
+    """Run name -> its lane's folder: the runs in plan order, `lanes` to a process."""
+    return {n: LANES_DIR / prefix / f"part-{i // lanes}" / f"lane-{i % lanes}" for i, n in enumerate(names)}
+
+
+def run_lanes(names: dict[str, list[str]], folders: dict[str, Path], jobs: int, stages: list[str]) -> None:
+    """Each process a `stages/chain.py` job whose lanes are its runs (their overrides), `jobs` at a time."""
+    try:
+        chain = upstream(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"], stages)
+    except ConfigError as err:
+        sys.exit(f"error: --stages: {err}")
+    spaced = [o for over in names.values() for o in over if len(o.split()) != 1]
+    if spaced:
+        sys.exit(f"error: --lanes: {spaced[0]!r}: a lane's overrides are separated by spaces; give values without them")
+    base = next(iter(folders.values())).parents[1]
+    shutil.rmtree(base, ignore_errors=True)  # earlier runs of this prefix are replaced
+    base.mkdir(parents=True)
+    (base / "runs.json").write_text(json.dumps({n: str(f) for n, f in folders.items()}, indent=1) + "\n")
+    parts: dict[Path, list[str]] = {}
+    for n, f in folders.items():
+        parts.setdefault(f.parent, []).append(" ".join(names[n]))
+    running: list[subprocess.Popen] = []
+    for part, lanes in parts.items():
+        while len([p for p in running if p.poll() is None]) >= jobs:
+            time.sleep(1)
+        lanes_arg = "+lanes=[" + ",".join(f'"{lane}"' for lane in lanes) + "]"
+        with open(part.with_suffix(".log"), "w") as log:
+            running.append(subprocess.Popen([sys.executable, str(ROOT / "stages/chain.py"), f"+chain=[{','.join(chain)}]",
+                                             lanes_arg, f"hydra.run.dir={part}"], stdout=log, stderr=subprocess.STDOUT))
+    for p in running:
+        p.wait()
+
+
+def lane_results(names: list[str], prefix: str) -> dict[str, dict]:
+    """The evaluate metrics of the runs of an earlier --lanes run that finished (from its runs.json)."""
+    listed = LANES_DIR / prefix / "runs.json"
+    folders = json.loads(listed.read_text()) if listed.is_file() else {}
+    return {n: json.loads((Path(folders[n]) / "metrics/evaluate.json").read_text()) for n in names
+            if n in folders and (Path(folders[n]) / "metrics/evaluate.json").is_file()}
 
 
 def interval(s: list[float]) -> str:
@@ -220,6 +278,9 @@ def main() -> int:
     ap.add_argument("--prefix", default=None,
                     help="experiment names are <prefix>-<level>-...-s<seed> (default gain; grid with --grid); "
                          "existing ones of the same name are replaced")
+    ap.add_argument("--lanes", type=int, default=None, metavar="N",
+                    help="no DVC: run the runs N to a process, as lanes of stages/chain.py jobs, in .gain/<prefix>/ "
+                         "(see above); with --collect-only, tabulate such a run")
     ap.add_argument("--json", help="also write the cells (with every run's accuracies) and effects as JSON here")
     ap.add_argument("--png", help="write a figure: every cell's gains with their intervals (with --grid: a heatmap)")
     ap.add_argument("--list", action="store_true", help="run nothing; print the planned experiments and their overrides")
@@ -231,6 +292,8 @@ def main() -> int:
                          "tickets.lr_max=0.01,0.05,0.1, 3 seeds, prefix grid (27 runs, roughly 1.5 hours with "
                          "--jobs 2 -S threads=1 on a busy 2-core machine)")
     args = ap.parse_args()
+    if args.lanes is not None and args.lanes < 1:
+        sys.exit(f"error: --lanes {args.lanes}: expected a number of runs per process, 1 or more")
     factors = [parse_factor(f) for f in args.factor]
     densities = args.densities or ([] if args.grid or factors else [0.05, 0.02])
     if densities:
@@ -249,18 +312,24 @@ def main() -> int:
             print(n, " ".join(f"-S {x}" for x in o))
         print(f"{len(cells)} cells x {seeds} seeds = {len(names)} experiments")
         return 0
-    if not args.collect_only:
-        queue(names, args.jobs, args.stages)
-    found = results(list(names))
+    if args.lanes is None:
+        if not args.collect_only:
+            queue(names, args.jobs, args.stages)
+        found = results(list(names))
+    else:
+        if not args.collect_only:
+            run_lanes(names, lane_folders(list(names), args.lanes, prefix), args.jobs, args.stages)
+        found = lane_results(list(names), prefix)
+    logs = "`dvc queue logs <name>`" if args.lanes is None else f"{LANES_DIR / prefix}/part-*.log"
     if not found:
-        print(f"error: no finished experiments named {prefix}-<levels>-s<seed> to tabulate; run "
-              f"`python benchmarks/gain.py` without --collect-only first (same factors, --seeds, --prefix)"
-              if args.collect_only else f"error: none of the {len(names)} queued experiments finished; see "
-              "`dvc queue logs <name>`", file=sys.stderr)
+        print(f"error: no finished {'runs' if args.lanes else 'experiments'} named {prefix}-<levels>-s<seed> to "
+              "tabulate; run `python benchmarks/gain.py` without --collect-only first (same factors, --seeds, "
+              "--prefix)" if args.collect_only else f"error: none of the {len(names)} runs finished; see {logs}",
+              file=sys.stderr)
         return 2
     missing = sorted(set(names) - set(found))
     if missing:
-        print(f"no metrics for: {', '.join(missing)} (see `dvc queue logs`)", file=sys.stderr)
+        print(f"no metrics for: {', '.join(missing)} (see {logs})", file=sys.stderr)
     print(f"method {args.method}, {seeds} seeds per cell, overrides {args.overrides or 'none'}; test accuracy in %, "
           "mean ± std; gains in points, paired by seed, mean [95% CI]")
     table, found_effects = tabulate(factors, cells, found, seeds)

@@ -16,6 +16,7 @@ import signal
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,20 +211,24 @@ def group_name(cfg: dict) -> str:
 
 def preset_base(cfg: dict) -> dict:
     """The composition of params/ this run started from: the preset named by `cfg["name"]`
-    (params/experiment/<name>.yaml) or the defaults. Composed with Hydra's compose API beside the
+    (params/experiment/<name>.yaml) or the defaults."""
+    preset = PROJECT / "params" / "experiment" / f"{cfg.get('name')}.yaml"
+    base = compose_beside(PROJECT / "params", "params", [f"experiment={preset.stem}"] if preset.is_file() else [])
+    return OmegaConf.to_container(base, resolve=True)
+
+
+def compose_beside(config_dir: Path, config_name: str, overrides: list[str]) -> DictConfig:
+    """`config_name` of `config_dir` composed with `overrides` by Hydra's compose API beside the
     running app, whose global state is put back afterwards."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    params = Path(__file__).resolve().parents[1] / "params"
-    preset = params / "experiment" / f"{cfg.get('name')}.yaml"
     gh = GlobalHydra.instance()
     saved = gh.hydra
     gh.clear()
     try:
-        with initialize_config_dir(config_dir=str(params), version_base="1.3"):
-            base = compose("params", overrides=[f"experiment={preset.stem}"] if preset.is_file() else [])
-        return OmegaConf.to_container(base, resolve=True)
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            return compose(config_name, overrides=overrides)
     finally:
         GlobalHydra.instance().clear()
         if saved is not None:
@@ -243,7 +248,15 @@ class RunFolder:
     made: list[Path]  # folders created for it, outermost first (removed again if the run fails)
 
 
-RUN: dict = {"run_dir_given": False, "entered": None}  # this process: hydra.run.dir on the command line; the RunFolder
+class RunState(threading.local):
+    """This thread's run: hydra.run.dir on the command line; the RunFolder it entered. Per thread:
+    each lane of `chain.py +lanes` (suptickets.lanes) is a thread with a run folder of its own."""
+
+    run_dir_given: bool = False
+    entered: RunFolder | None = None
+
+
+RUN = RunState()
 
 
 def by_hand() -> bool:
@@ -255,10 +268,10 @@ def run_folder(label: str) -> Path | None:
     """Where this run writes when that is not where it started: a multirun job's own folder; for a
     run by hand, `hydra.run.dir` when the command line gives it (`.`: the project itself), else a new
     `outputs/<date>/<time>-<label>`. None: in place (under DVC, as a torchrun rank, or moved already)."""
-    if RUN["entered"] is not None:
+    if RUN.entered is not None:
         return None
     hc = HydraConfig.get()
-    if hc.mode == RunMode.MULTIRUN or (by_hand() and RUN["run_dir_given"]):
+    if hc.mode == RunMode.MULTIRUN or (by_hand() and RUN.run_dir_given):
         folder = Path(hc.runtime.output_dir)
         return None if folder.resolve() == Path.cwd().resolve() else folder
     if not by_hand():
@@ -269,21 +282,22 @@ def run_folder(label: str) -> Path | None:
     return folder
 
 
-def enter_run_folder(folder: Path, inputs: list[str], dcfg: DictConfig) -> list[str]:
+def enter_run_folder(folder: Path, inputs: list[str], dcfg: DictConfig, overrides: list[str] | None = None) -> list[str]:
     """Make `folder`, link into it from here those of `inputs` that exist (returns the others),
-    record the config and the command line's overrides in its .hydra/ (as Hydra does for a multirun
-    job), and move into it."""
+    record the config and the overrides (default: the command line's) in its .hydra/ (as Hydra does
+    for a multirun job), and move into it."""
     from suptickets.sweep import link_inputs  # only runs outside DVC need it
 
     made = [p for p in reversed([folder, *folder.parents]) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
-    RUN["entered"] = RunFolder(folder.resolve(), Path.cwd().resolve(), [p.resolve() for p in made])
+    RUN.entered = RunFolder(folder.resolve(), Path.cwd().resolve(), [p.resolve() for p in made])
     missing = link_inputs(Path.cwd(), folder, inputs)
     record = folder / ".hydra"
     if not record.exists():
         record.mkdir()
         OmegaConf.save(dcfg, record / "config.yaml")
-        (record / "overrides.yaml").write_text(yaml.safe_dump(list(HydraConfig.get().overrides.task)))
+        given = list(HydraConfig.get().overrides.task) if overrides is None else overrides
+        (record / "overrides.yaml").write_text(yaml.safe_dump(given))
     os.chdir(folder)
     return missing
 
@@ -292,7 +306,7 @@ def leave_run_folder(failed: bool) -> str:
     """After a failed run by hand: remove the folders enter_run_folder made when the run left nothing
     there but its linked inputs, its .hydra/ record and W&B's log; else keep them (outputs of earlier
     stages of a chain, a resume checkpoint) and return a hint on going on from them (or "")."""
-    entered = RUN["entered"]
+    entered = RUN.entered
     if not failed or entered is None or not entered.made:
         return ""
     kept = [p for p in entered.folder.rglob("*") if p.is_file() and not p.is_symlink()
@@ -304,20 +318,26 @@ def leave_run_folder(failed: bool) -> str:
     return ""
 
 
+def unknown_overrides(args: list[str], extra_keys: tuple[str, ...] = ()) -> list[str]:
+    """A line for each override in `args` (`key=value`, with or without `+`/`~`) of a key that no
+    config file defines, naming the nearest known key; config groups and hydra.* are known."""
+    groups = {p.name for p in (PROJECT / "params").iterdir() if p.is_dir()}
+    named = [a.lstrip("+~").split("=", 1)[0] for a in args if "=" in a and not a.startswith("-")]
+    return unknown_keys(dict.fromkeys(k for k in named if not k.startswith("hydra") and k not in groups),
+                        known_keys(config_options()) | set(extra_keys))
+
+
 def launch(main: Callable[[], None], extra_keys: tuple[str, ...] = ()) -> None:
     """Call a stage's `@hydra.main` function with the runtime defaults (no output folder, no log
     file, logs to stdout) unless the command line sets them. A command-line override of a key that
     no config file defines (`tickets.cycle_rat=0.2`, with or without `+`) is refused first, in one
     line naming the nearest known key (Hydra's own message would say only that it is not in the
     config)."""
-    groups = {p.name for p in (PROJECT / "params").iterdir() if p.is_dir()}
-    named = [a.lstrip("+~").split("=", 1)[0] for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
-    problems = unknown_keys(dict.fromkeys(k for k in named if not k.startswith("hydra") and k not in groups),
-                            known_keys(config_options()) | set(extra_keys))
+    problems = unknown_overrides(sys.argv[1:], extra_keys)
     if problems:
         _fail(Path(sys.argv[0]).stem, ConfigError("\n".join(problems)))
     given = " ".join(sys.argv[1:])
-    RUN["run_dir_given"] = "hydra.run.dir=" in given
+    RUN.run_dir_given = "hydra.run.dir=" in given
     sys.argv[0] = str(Path(sys.argv[0]).resolve())  # the same script after moving into a run folder
     multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])  # keep each sweep job's .hydra/ record
     sys.argv += [a for a in HYDRA_DEFAULTS if a.split("=")[0] not in given
@@ -361,7 +381,8 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
         if rank == 0 and mode != "disabled" else []
     run = Run.start(stage=name, cfg=cfg, group=group_name(cfg), directory=root, mode=mode, rank=rank,
                     changed=changed, source=provenance() if rank == 0 and mode != "disabled" else None)
-    signal.signal(signal.SIGTERM, _interrupt)
+    if threading.current_thread() is threading.main_thread():  # (a lane is not: Python's rule for handlers)
+        signal.signal(signal.SIGTERM, _interrupt)
     clock = StageClock.start(name, cfg, Path(root)) if rank == 0 and os.environ.get("DVC_STAGE") else None
     this = Stage(name, cfg, run, rank=rank)
     try:
@@ -374,9 +395,9 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
     except KeyboardInterrupt:
         this.discard_live()
         run.finish(exit_code=130)
-        entered = RUN["entered"]
+        entered = RUN.entered
         how = f"rerun it with hydra.run.dir={entered.folder}" if entered and entered.made else "rerun the stage"
-        print(f"error: {name}: interrupted; {how} to resume from its last finished epoch", file=sys.stderr)
+        print(f"error: {lane_prefix()}{name}: interrupted; {how} to resume from its last finished epoch", file=sys.stderr)
         sys.exit(130)
     except BaseException:
         this.discard_live()
@@ -399,6 +420,12 @@ def _interrupt(signum, frame) -> None:
 def _fail(name: str, err: Exception) -> None:
     lines = str(err).strip().splitlines() or [type(err).__name__]
     for line in lines:  # a message that already names the stage (TrainingDiverged does) is not named twice
-        print(f"error: {name}: {line.removeprefix(f'{name}: ')}", file=sys.stderr)
+        print(f"error: {lane_prefix()}{name}: {line.removeprefix(f'{name}: ')}", file=sys.stderr)
     sys.exit(2)
+
+
+def lane_prefix() -> str:
+    """`<lane name>: ` in a lane of `chain.py +lanes` (a thread of suptickets.lanes), else ""."""
+    thread = threading.current_thread()
+    return "" if thread is threading.main_thread() else f"{thread.name}: "
 

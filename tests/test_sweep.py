@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, make_repo, run
-from suptickets.sweep import chain_inputs, link_inputs
+from suptickets.sweep import chain_inputs, link_inputs, upstream
 from test_report import read_wandb_records
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -25,6 +25,15 @@ def test_chain_inputs_are_what_the_chain_reads_and_does_not_write():
     assert "models/superposed.safetensors" not in later and not any(p.startswith(("src/", "stages/")) for p in later)
     with pytest.raises(ValueError, match=r"unknown stage\(s\) \['trian'\]"):
         chain_inputs(STAGES, ["trian"])
+
+
+def test_upstream_is_what_dvc_repro_of_the_targets_runs_in_order():
+    assert upstream(STAGES, ["evaluate"]) == ["prepare", "dense", "sparse_baseline", "warmup", "tickets", "superpose",
+                                              "evaluate"]
+    assert upstream(STAGES, ["tickets", "dense"]) == ["prepare", "dense", "warmup", "tickets"]
+    assert upstream(STAGES, ["prepare"]) == ["prepare"]
+    with pytest.raises(ValueError, match=r"unknown stage\(s\) \['evaluat'\]"):
+        upstream(STAGES, ["evaluat"])
 
 
 def test_link_inputs_links_what_exists_and_reports_the_rest(tmp_path):

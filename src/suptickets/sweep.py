@@ -55,6 +55,20 @@ def chain_inputs(stages: Mapping[str, dict], chain: Sequence[str]) -> list[str]:
     return needed
 
 
+def upstream(stages: Mapping[str, dict], targets: Sequence[str]) -> list[str]:
+    """`targets` and every stage they read from, directly or not, in dvc.yaml's order (the stages
+    `dvc repro TARGET...` runs): a chain that makes `targets` from the project's raw inputs."""
+    unknown = [s for s in targets if s not in stages]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; dvc.yaml has {', '.join(stages)}")
+    needed = set(targets)
+    for name in reversed(list(stages)):  # dvc.yaml lists a stage after the stages it reads from
+        if name in needed:
+            deps = [d for d in stage_paths(stages[name].get("deps")) if not d.startswith(CODE)]
+            needed |= {s for s in stages if any(inside(d, p) or inside(p, d) for d in deps for p in writes(stages[s]))}
+    return [s for s in stages if s in needed]
+
+
 def link_inputs(project: Path, job_dir: Path, paths: Sequence[str]) -> list[str]:
     """Symlink each path from the project into the job folder; returns the paths that the project
     does not have (the caller decides whether that is an error)."""

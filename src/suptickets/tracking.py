@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 
 SECRET_WORDS = ("key", "token", "secret", "password")
-NOT_SETTINGS = ("tracking", "chain")  # where results go and which stages run, not what they compute
+NOT_SETTINGS = ("tracking", "chain", "lanes")  # where results go, which stages run and beside what: not what they compute
 
 
 def config_hash(cfg: dict) -> str:

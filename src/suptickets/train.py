@@ -26,6 +26,13 @@ from .sparsity.masks import densities
 log = logging.getLogger("suptickets")
 
 
+def no_turn() -> None:
+    """Outside lanes (suptickets.lanes) nothing happens between training steps."""
+
+
+turn: Callable[[], None] = no_turn  # called before each training step; lanes hand the turn on there
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda': CUDA is not available on this machine; use device=auto or cpu")
@@ -205,6 +212,7 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batc
         bar = tqdm(train.epoch(epoch), total=len(train), desc=f"{stage} {epoch + 1}/{epochs.stop}",
                    leave=False, disable=None)
         for i, (x, y) in enumerate(bar):
+            turn()
             lr = lr_at(epoch, i)
             set_lr(optimizer, lr)
             loss, out = train_step(net, optimizer, x, y, step=step, epoch=epoch, i=i, masked=masked,
