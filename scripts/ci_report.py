@@ -14,20 +14,19 @@ uploads them with the comment).
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+import check_repro
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = "metrics/summary.json"
 
 
 def dvc(*args: str) -> str:
-    """A dvc command's stdout; its stderr and exit status end the report with one line if it fails."""
-    env = dict(os.environ, DVC_NO_ANALYTICS="1")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    proc = subprocess.run(["dvc", *args], capture_output=True, text=True, env=env)
+    """A dvc command's stdout (run as check_repro runs it, here); a failure ends the report in one line."""
+    proc = check_repro.dvc(Path.cwd(), *args)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
         sys.exit(f"error: ci_report: dvc {' '.join(args)} failed: {last}")
