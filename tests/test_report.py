@@ -3,6 +3,7 @@ lands in a W&B offline run, on a tiny run written to tmp_path (real files, no mo
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
 import zlib
@@ -291,3 +292,41 @@ def test_run_names_carry_the_overrides_against_the_preset():
     assert run_name("tickets", "smoke", changed) == "smoke seed=3 train.milestones=[0.3] dst.density=0.02 · tickets"
     long = run_name("evaluate", "smoke", [f"k{i}=v" for i in range(100)])
     assert len(long) == 128 and long.endswith("… · evaluate")
+
+
+def test_model_references_name_the_dvc_remote_copy_beside_the_local_file(run_dir, tmp_path):
+    """A colleague cannot open a path on the machine that ran the report: each model artifact also
+    references the file's object in the team's DVC remote, named under dvc-remote/, without contacting
+    the remote (checksum off: the md5 is in the metadata): an S3 remote by its URL (ssh:// here; s3:// and gs:// where W&B's client for them, boto3 or
+    google-cloud-storage, is installed), a folder
+    remote as file:// where the object is already there (pushed before), and not where it is not yet
+    (W&B refuses a missing file; the metadata still names where `make push` puts it)."""
+    import wandb
+
+    folder = tmp_path / "team-remote" / "files" / "md5"
+    (folder / "01").mkdir(parents=True)
+    (folder / "01" / "23abcd").write_bytes(b"pushed before")
+    remotes = {"superposed": f"{folder}/01/23abcd", "dense": "ssh://team-host/srv/dvc/files/md5/45/67ef",
+               "sparse_baseline": "s3://team-bucket/suptickets/files/md5/ab/cdef",
+               "warmup": f"{folder}/89/not-pushed-yet"}
+    models = [{"name": n, "path": run_dir / "models/superposed.safetensors", "file_name": f"{n}.safetensors",
+               "metadata": {"dvc_md5": "x", "dvc_remote_object": remote}} for n, remote in remotes.items()]
+    models.append({"name": "tickets", "path": run_dir / "models/superposed.safetensors", "metadata": {"dvc_md5": "y"}})
+    run = wandb.init(mode="offline", dir=tmp_path, project="suptickets-test", job_type="report",
+                     settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, disable_git=True))
+    run_dir_wb = Path(run.dir).parent
+    report.log_to_wandb(run, [], {}, {}, models)
+    run.finish()
+    wandb.teardown()
+
+    refs = {r.artifact.name: {e.path: e.ref for e in r.artifact.manifest.contents}
+            for r in read_wandb_records(next(run_dir_wb.glob("*.wandb"))) if r.HasField("artifact")}
+    local = "file://" + str((run_dir / "models/superposed.safetensors").resolve())
+    assert refs["model-superposed"] == {"superposed.safetensors": local,
+                                        "dvc-remote/superposed.safetensors": f"file://{folder}/01/23abcd"}
+    assert refs["model-dense"] == {"dense.safetensors": local, "dvc-remote/dense.safetensors": remotes["dense"]}
+    s3 = {"dvc-remote/sparse_baseline.safetensors": remotes["sparse_baseline"]} if importlib.util.find_spec("boto3") else {}
+    assert refs["model-sparse_baseline"] == {"sparse_baseline.safetensors": local, **s3}
+    assert refs["model-warmup"] == {"warmup.safetensors": local}  # not in the folder remote yet
+    assert refs["model-tickets"] == {"superposed.safetensors": local}  # no remote configured
+    assert sorted(p.name for p in folder.rglob("*")) == ["01", "23abcd"], "the remote is referenced, never written"
