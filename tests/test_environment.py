@@ -131,3 +131,23 @@ def test_every_package_make_installs_is_pinned_to_the_installed_version():
     assert names <= set(pins), names - set(pins)
     assert {n: pins[n] for n in names} == {n: version(n) for n in names}
     assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
+
+
+def test_setup_makes_kernels_deterministic_without_loading_the_compiler():
+    """runtime.setup sets PyTorch's deterministic-kernels flag as torch.use_deterministic_algorithms
+    does, but without importing torch._inductor (about 1.3 s of every stage's start-up); a compiled
+    model (train.compile) gets the compiler's flag too."""
+    code = """
+import sys, torch
+from suptickets.runtime import setup
+from suptickets.train import Speed
+setup(1, "cpu")
+print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+      "torch._inductor" in sys.modules)
+Speed(compile=True).wrap(torch.nn.Linear(2, 2))
+import torch._inductor.config as c
+print(c.deterministic, torch.are_deterministic_algorithms_enabled())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")}).stdout.split("\n")
+    assert out[:2] == ["True False False", "True True"], out

@@ -39,8 +39,15 @@ def setup(threads: int, device_name: str) -> torch.device:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    deterministic_kernels(warn_only=device.type == "cuda")
     return device
+
+
+def deterministic_kernels(warn_only: bool) -> None:
+    """What `torch.use_deterministic_algorithms(True)` does for eager kernels, without its import of
+    the compiler's config (torch._inductor, about 1.3 s of every stage's start-up on CPU): the stages
+    run eagerly; `train.compile` sets the compiler's flag too (`Speed.wrap`)."""
+    torch._C._set_deterministic_algorithms(True, warn_only=warn_only)
 
 
 def load_batches(prepared: str | os.PathLike, cfg: dict, device: torch.device) -> tuple[dict[str, Batches], dict]:

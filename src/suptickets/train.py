@@ -86,7 +86,11 @@ class Speed:
 
     def wrap(self, net: nn.Module) -> nn.Module:
         """(The model itself is put in channels_last when it is built, before masks exist.)"""
-        return torch.compile(net) if self.compile else net
+        if not self.compile:
+            return net
+        # the eager flag is set (runtime.deterministic_kernels); the compiler reads its own config
+        torch.use_deterministic_algorithms(True, warn_only=torch.is_deterministic_algorithms_warn_only_enabled())
+        return torch.compile(net)
 
 
 def wrap_ddp(model: nn.Module) -> nn.Module:
