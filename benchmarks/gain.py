@@ -254,7 +254,7 @@ def main() -> int:
             "tickets of train.epochs each (about 2.5 minutes for 30 epochs on a quiet 2-core CPU with -S "
             "threads=1; train.epochs=100 about 3.3 times that). DVC's run cache trains dense once per (seed, "
             "budget) and sparse_baseline once per seed and setting it reads, for all cells. The default, 5 seeds x "
-            "2 densities = 10 runs, takes about 25 minutes with --jobs 2 -S threads=1; the README's 8-cell study "
+            "2 densities = 10 runs, takes about 25 minutes with --jobs 2 -S threads=1; docs/results.md's 8-cell study "
             "(2 x 2 x 2 factors, 5 seeds, budgets 30 and 100 epochs): about 3 minutes per 30-epoch run and 10 per 100-epoch run, two at a time; "
             "-S experiment=smoke makes each run well under a minute. Run it in the project (it queues DVC "
             "experiments there); --list and --collect-only run nothing."))
@@ -289,8 +289,9 @@ def main() -> int:
                          "--seeds, --prefix)")
     ap.add_argument("--grid", action="store_true",
                     help="map the gain over density x tickets.lr_max: --factor dst.density=0.2,0.05,0.02 --factor "
-                         "tickets.lr_max=0.01,0.05,0.1, 3 seeds, prefix grid (27 runs, roughly 1.5 hours with "
-                         "--jobs 2 -S threads=1 on a busy 2-core machine)")
+                         "tickets.lr_max=0.01,0.05,0.1, 3 seeds, prefix grid (27 runs; 55 minutes measured with "
+                         "--jobs 2 -S threads=1 on a busy 2-core machine, the run cache sharing sparse_baseline "
+                         "and warmup across lr_max)")
     args = ap.parse_args()
     if args.lanes is not None and args.lanes < 1:
         sys.exit(f"error: --lanes {args.lanes}: expected a number of runs per process, 1 or more")

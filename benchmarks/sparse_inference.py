@@ -21,7 +21,7 @@ convolution pays before its product, against the dense convolution.
 
 OMP_WAIT_POLICY=PASSIVE is set before torch is imported unless the environment sets it.
 
-    python benchmarks/sparse_inference.py                          # about 80 s on a loaded 2-core CPU
+    python benchmarks/sparse_inference.py                          # about 90 s on a loaded 2-core CPU
     python benchmarks/sparse_inference.py --cases mlp-0.05 --json sparse.json
 """
 
