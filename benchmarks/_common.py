@@ -1,17 +1,21 @@
 """What the benchmark scripts share. Imported first by each of them: it puts this checkout's
-package first on sys.path and sets the process defaults of `suptickets.environment`
-(OMP_WAIT_POLICY=PASSIVE, MKL_CBWR=AUTO, unless set), which only count before torch is imported."""
+package first on sys.path (and scripts/, for project_copy: the throwaway copy and the `dvc` runner)
+and sets the process defaults of `suptickets.environment` (OMP_WAIT_POLICY=PASSIVE, MKL_CBWR=AUTO,
+unless set), which only count before torch is imported. Also each script's command line: `parser`
+and the options several of them take."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "src"))
 from suptickets.environment import apply_defaults  # noqa: E402
 
 apply_defaults()
@@ -36,9 +40,19 @@ def busy_warning(threads: int) -> None:
               f"so timings are noisy{hint}")
 
 
-def dvc(*args: str, check: bool = True) -> str:
-    """Run the `dvc` command in the current directory and return its stdout; exit with its output on failure."""
-    proc = subprocess.run(["dvc", *args], capture_output=True, text=True, env=dict(os.environ, DVC_NO_ANALYTICS="1"))
-    if check and proc.returncode != 0:
-        sys.exit(f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
+def parser(doc: str, costs: str, *, details: bool = False, one_line: bool = False) -> argparse.ArgumentParser:
+    """A benchmark's command line: the first paragraph of its docstring `doc` as the description
+    (joined into one line with `one_line`), and as the epilog what the default run `costs` (after
+    the docstring's other paragraphs with `details`)."""
+    head, *rest = doc.split("\n\n")
+    return argparse.ArgumentParser(description=head.replace("\n", " ") if one_line else head,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog="\n\n".join([*rest, cost(costs)] if details else [cost(costs)]))
+
+
+def add_threads(ap: argparse.ArgumentParser, default: int, help: str = "torch CPU threads (default %(default)s)") -> None:
+    ap.add_argument("--threads", type=int, default=default, help=help)
+
+
+def add_json(ap: argparse.ArgumentParser, help: str = "also write the figures as JSON to this path") -> None:
+    ap.add_argument("--json", type=Path, help=help)

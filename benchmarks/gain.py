@@ -27,7 +27,6 @@ the device (each its own CUDA stream); on a CPU they take as long as the same ru
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import re
@@ -38,11 +37,11 @@ import time
 from pathlib import Path
 
 import _common
-import yaml  # noqa: E402
+from project_copy import dvc  # noqa: E402
 
+from suptickets import dvcfiles  # noqa: E402
 from suptickets.errors import ConfigError  # noqa: E402
 from suptickets.gains import effects, row, summarize  # noqa: E402
-from suptickets.sweep import upstream  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LANES_DIR = Path(".gain")  # --lanes: the runs' folders, under the working directory (git-ignored)
@@ -83,19 +82,19 @@ def plan(factors: list[tuple[list[str], list[list[str]]]], seeds: int, prefix: s
 
 
 def queue(names: dict[str, list[str]], jobs: int, stages: list[str]) -> None:
-    existing = _common.dvc("exp", "list", "--name-only", check=False).split()
+    existing = dvc("exp", "list", "--name-only").stdout.split()
     stale = [n for n in names if n in existing]
     if stale:
-        _common.dvc("exp", "remove", *stale)
+        dvc("exp", "remove", *stale, check=True)
     for name, overrides in names.items():
-        _common.dvc("exp", "run", "--queue", "--name", name, *[a for o in overrides for a in ("-S", o)], *stages)
-    _common.dvc("queue", "start", "-j", str(jobs))
-    while re.search(r"\b(Queued|Running)\b", _common.dvc("queue", "status")):
+        dvc("exp", "run", "--queue", "--name", name, *[a for o in overrides for a in ("-S", o)], *stages, check=True)
+    dvc("queue", "start", "-j", str(jobs), check=True)
+    while re.search(r"\b(Queued|Running)\b", dvc("queue", "status", check=True).stdout):
         time.sleep(10)
 
 
 def results(names: list[str]) -> dict[str, dict]:
-    shown = json.loads(_common.dvc("exp", "show", "--json", "--all-commits"))  # HEAD may have moved on meanwhile
+    shown = json.loads(dvc("exp", "show", "--json", "--all-commits", check=True).stdout)  # HEAD may have moved on meanwhile
     out = {}
     for commit in shown:
         for exp in commit.get("experiments") or []:
@@ -115,7 +114,7 @@ def lane_folders(names: list[str], lanes: int, prefix: str) -> dict[str, Path]:
 def run_lanes(names: dict[str, list[str]], folders: dict[str, Path], jobs: int, stages: list[str]) -> None:
     """Each process a `stages/chain.py` job whose lanes are its runs (their overrides), `jobs` at a time."""
     try:
-        chain = upstream(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"], stages)
+        chain = dvcfiles.upstream(dvcfiles.stages(ROOT), stages)
     except ConfigError as err:
         sys.exit(f"error: --stages: {err}")
     spaced = [o for over in names.values() for o in over if len(o.split()) != 1]
@@ -247,9 +246,8 @@ def heatmap(table: dict, factors, path: str, subtitle: str) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0].replace("\n", " "), formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_common.cost(
+    ap = _common.parser(
+        __doc__, one_line=True, costs=(
             "every (cell, seed) is one whole DAG of the default pipeline: dense, sparse_baseline and warmup + "
             "tickets of train.epochs each (about 2.5 minutes for 30 epochs on a quiet 2-core CPU with -S "
             "threads=1; train.epochs=100 about 3.3 times that). DVC's run cache trains dense once per (seed, "

@@ -30,7 +30,6 @@ the GPU runs no kernel, 1 - (kernel time per step, summed by the CUDA profiler o
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -47,15 +46,12 @@ VARIANTS = ("dense", "masked")
 
 def compose(experiment: str, sets: list[str]) -> dict:
     """The preset's configuration as the stages compose it (Hydra, params/), with `sets` on top."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from suptickets import composition
 
-    if not (PARAMS / "experiment" / f"{experiment}.yaml").is_file():
-        known = sorted(p.stem for p in (PARAMS / "experiment").glob("*.yaml"))
+    known = composition.presets(PARAMS)
+    if experiment not in known:
         raise SystemExit(f"gpu_throughput.py: --experiment {experiment!r} is not a preset; one of {known}")
-    with initialize_config_dir(config_dir=str(PARAMS), version_base="1.3"):
-        cfg = hydra_compose("params", overrides=[f"experiment={experiment}", *sets])
-    cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg = composition.compose(PARAMS, [f"experiment={experiment}", *sets])
     if cfg["data"]["name"] not in SHAPES:
         raise SystemExit(f"gpu_throughput.py: data.name={cfg['data']['name']!r} is not held in memory; "
                          f"one of {list(SHAPES)}")
@@ -74,12 +70,11 @@ def ratio_interval(dense_s: list[float], masked_s: list[float]) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_common.cost("per preset a warm-up (2 short windows per variant), then --pairs x 2 windows of "
-                            "--window-s (2 s) each, an extra profiled window per variant on CUDA and "
-                            "--update-calls updates: about 50 s a preset, 100 s for the two default presets "
-                            "(not measured yet on a GPU). --dry-run: a few seconds on a CPU."))
+    ap = _common.parser(
+        __doc__, costs=("per preset a warm-up (2 short windows per variant), then --pairs x 2 windows of "
+                        "--window-s (2 s) each, an extra profiled window per variant on CUDA and "
+                        "--update-calls updates: about 50 s a preset, 100 s for the two default presets "
+                        "(not measured yet on a GPU). --dry-run: a few seconds on a CPU."))
     ap.add_argument("--experiment", nargs="+", default=["fashion_mnist_resnet", "cifar10_resnet32"],
                     help="presets of params/experiment to time (default: %(default)s)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -88,11 +83,11 @@ def main(argv=None) -> int:
     ap.add_argument("--window-s", type=float, default=2.0, help="seconds a timed window lasts, about (default %(default)s)")
     ap.add_argument("--pairs", type=int, default=10, help="dense+masked window pairs timed (default %(default)s)")
     ap.add_argument("--update-calls", type=int, default=5, help="timed topology updates, median (default %(default)s)")
-    ap.add_argument("--threads", type=int, default=1, help="CPU threads, as the stages' `threads` (default %(default)s)")
+    _common.add_threads(ap, 1, help="CPU threads, as the stages' `threads` (default %(default)s)")
     ap.add_argument("--dry-run", action="store_true",
                     help="on the CPU at tiny sizes (fashion_mnist_resnet, batch 8, windows of 0.05 s, 2 pairs): "
                          "checks the code paths, measures nothing")
-    ap.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
+    _common.add_json(ap)
     args = ap.parse_args(argv)
     if args.dry_run:
         args.device, args.window_s, args.pairs, args.update_calls = "cpu", 0.05, 2, 1

@@ -16,7 +16,6 @@ The clean run happens once (it is the expensive part); the no-op repro and `dvc 
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -29,42 +28,28 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common  # noqa: F401  (the environment defaults; the runs it starts inherit them)
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from project_copy import compose_params, copy_project, project_files  # noqa: E402
+import _common  # (the environment defaults; the runs it starts inherit them)
+from project_copy import ROOT, compose_params, copy_project, dvc, env_for, project_files  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
 NOOP_TARGET_S = 5.0
 
 
-def env_for(repo: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(repo / "src")
-    env["WANDB_MODE"] = "disabled"
-    env["DVC_NO_ANALYTICS"] = "1"
-    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "bench"
-    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "bench@example.invalid"
-    return env
-
-
-def run(repo: Path, *cmd: str) -> tuple[float, subprocess.CompletedProcess]:
+def run(repo: Path, *args: str) -> tuple[float, subprocess.CompletedProcess]:
+    """`dvc ARGS` in the copy, timed; a failure ends the benchmark with its output."""
     t0 = time.perf_counter()
-    proc = subprocess.run(list(cmd), cwd=repo, env=env_for(repo), capture_output=True, text=True)
+    proc = dvc(*args, cwd=repo, env=env_for(repo, author="bench", bin_dir=VENV_BIN))
     dt = time.perf_counter() - t0
     if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} exited {proc.returncode} after {dt:.1f} s:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        sys.exit(f"dvc {' '.join(args)} exited {proc.returncode} after {dt:.1f} s:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return dt, proc
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_common.cost("the default (smoke) takes about a minute on a quiet 2-core CPU, nearly all of it the "
-               "clean run; --experiment fashion_mnist about 5-6 minutes. It works in a throwaway copy and "
-               "leaves the project as it is."))
+    ap = _common.parser(
+        __doc__, costs=("the default (smoke) takes about a minute on a quiet 2-core CPU, nearly all of it the "
+                        "clean run; --experiment fashion_mnist about 5-6 minutes. It works in a throwaway copy and "
+                        "leaves the project as it is."))
     ap.add_argument("--experiment", default="smoke",
                     help="params/experiment preset (default smoke; fashion_mnist measures the default run)")
     ap.add_argument("--noop-repeats", type=int, default=3,
@@ -72,7 +57,7 @@ def main(argv=None) -> int:
                          "(default %(default)s)")
     ap.add_argument("--cprofile", action="store_true", help="also profile one no-op repro and print its top functions")
     ap.add_argument("--keep", action="store_true", help="keep the throwaway copy and print where it is")
-    ap.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
+    _common.add_json(ap)
     args = ap.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="suptickets-pipeline-"))
@@ -82,20 +67,20 @@ def main(argv=None) -> int:
         copy_project(repo)
         compose_params(repo, [f"experiment={args.experiment}"], repo / "params.yaml")
         setup_s = time.perf_counter() - t0
-        status_before, _ = run(repo, "dvc", "status")
-        clean_s, proc = run(repo, "dvc", "repro")
+        status_before, _ = run(repo, "status")
+        clean_s, proc = run(repo, "repro")
         ran = [line for line in proc.stdout.splitlines() if line.startswith("Running stage")]
         noop, status = [], []
         for _ in range(args.noop_repeats):
-            dt, p = run(repo, "dvc", "repro")
+            dt, p = run(repo, "repro")
             noop.append(dt)
             if "Running stage" in p.stdout:
                 sys.exit(f"the second dvc repro was not a no-op:\n{p.stdout[-2000:]}")
-            dt, p = run(repo, "dvc", "status")
+            dt, p = run(repo, "status")
             status.append(dt)
         up_to_date = "up to date" in p.stdout.lower()
         noop_s, status_s = statistics.median(noop), statistics.median(status)
-        _, version = run(repo, "dvc", "--version")
+        _, version = run(repo, "--version")
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
               f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
         print(f"dvc {version.stdout.strip()}, experiment={args.experiment}; copy of {len(project_files())} files "
@@ -109,7 +94,7 @@ def main(argv=None) -> int:
               f"reports up to date: {up_to_date}")
         if args.cprofile:
             dump = tmp / "noop.prof"
-            run(repo, "dvc", "repro", "--cprofile-dump", str(dump))
+            run(repo, "repro", "--cprofile-dump", str(dump))
             out = io.StringIO()
             pstats.Stats(str(dump), stream=out).sort_stats("cumulative").print_stats(25)
             print(out.getvalue())

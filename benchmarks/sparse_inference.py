@@ -27,7 +27,6 @@ OMP_WAIT_POLICY=PASSIVE is set before torch is imported unless the environment s
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -35,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import busy_warning, cost  # noqa: E402  (first: the environment defaults, this checkout's src/)
+from _common import add_json, add_threads, busy_warning, parser  # noqa: E402  (first: the environment defaults, this checkout's src/)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -151,11 +150,8 @@ def verdicts(results: dict, batch_sizes) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]) + "\n\n" + cost(
-                                     "the default (four models, batch 1 and 256, 30/5 repeats, 1 thread) took 90 s "
-                                     "on this 2-core machine while it was loaded by other jobs."),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, details=True, costs=("the default (four models, batch 1 and 256, 30/5 repeats, 1 thread) "
+                                              "took 90 s on this 2-core machine while it was loaded by other jobs."))
     ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES),
                     help="which models (default: all four)")
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 256],
@@ -164,9 +160,8 @@ def main(argv=None) -> int:
                                                             "(default 30)")
     ap.add_argument("--resnet-repeats", type=int, default=5,
                     help="the same for ResNet-32, whose batch of 256 takes about a second (default 5)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steadiest on a shared "
-                                                           "2-core machine)")
-    ap.add_argument("--json", type=Path, help="also write every figure as JSON to this path")
+    add_threads(ap, 1, help="torch CPU threads (default 1: steadiest on a shared 2-core machine)")
+    add_json(ap, help="also write every figure as JSON to this path")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     busy_warning(args.threads)

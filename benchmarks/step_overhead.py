@@ -34,15 +34,13 @@ them steady. The script warns when the load average exceeds the core count.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
 import sys
 import time
-from pathlib import Path
 
-from _common import busy_warning, cost, median  # first: the environment defaults, before torch loads
+from _common import add_json, add_threads, busy_warning, median, parser  # first: the environment defaults, before torch loads
 
 import torch  # noqa: E402
 import torch.nn.functional as F
@@ -240,17 +238,15 @@ def profile(args) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=cost("the default (MLP and ResNet-32, 2 threads) takes well under a minute on a quiet 2-core "
-                    "CPU (15 s of CPU time; 1m43s of wall time measured beside other jobs), most of it the "
-                    "ResNet-32 steps (about 0.5 s each); --models mlp alone takes seconds."))
+    ap = parser(__doc__, costs=("the default (MLP and ResNet-32, 2 threads) takes well under a minute on a quiet 2-core "
+                                "CPU (15 s of CPU time; 1m43s of wall time measured beside other jobs), most of it the "
+                                "ResNet-32 steps (about 0.5 s each); --models mlp alone takes seconds."))
     ap.add_argument("--models", nargs="+", default=["mlp", "resnet32"], choices=list(MODELS),
                     help="architectures to time: mlp (Fashion-MNIST MLP), resnet32 (CIFAR-shaped data) "
                          "(default: both)")
     ap.add_argument("--mode", choices=["loop", "step"], default="loop",
                     help="loop: time train_epochs windows (default); step: a per-step function doing the loop body")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default %(default)s)")
+    add_threads(ap, 2)
     ap.add_argument("--density", type=float, default=0.05, help="RigL density, ERK (default %(default)s)")
     ap.add_argument("--update-frequency", type=int, default=100,
                     help="steps between topology updates (default %(default)s)")
@@ -266,7 +262,7 @@ def main(argv=None) -> int:
                     help="calls per isolated timing of the topology update (default %(default)s)")
     ap.add_argument("--profile", action="store_true", help="print torch.profiler tables of one window instead")
     ap.add_argument("--profile-rows", type=int, default=15, help="rows per profiler table (default %(default)s)")
-    ap.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
+    add_json(ap)
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)

@@ -17,15 +17,13 @@ both must give identical masks.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
-from _common import busy_warning, cost, median  # first: the environment defaults, before torch loads
+from _common import add_json, add_threads, busy_warning, median, parser  # first: the environment defaults, before torch loads
 
 import torch  # noqa: E402
 from torch import Tensor
@@ -99,17 +97,15 @@ def make_tickets(n: int, density: float, seed: int):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=cost("the default takes about 13 s on a quiet 2-core CPU (12.3 s and 13.5 s measured; building "
-                    "the tickets about 3 s, the baseline's sorted top-k most of the rest); beside two busy "
-                    "processes 47-63 s."))
+    ap = parser(__doc__, costs=("the default takes about 13 s on a quiet 2-core CPU (12.3 s and 13.5 s measured; building "
+                                "the tickets about 3 s, the baseline's sorted top-k most of the rest); beside two busy "
+                                "processes 47-63 s."))
     ap.add_argument("--tickets", type=int, default=4, help="M: tickets after T0 (default 4)")
     ap.add_argument("--density", type=float, default=0.05, help="density of every ticket's masks, ERK (default %(default)s)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per side, median reported (default %(default)s)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs of superpose_steps first (default %(default)s)")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default %(default)s)")
-    ap.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
+    add_threads(ap, 2)
+    add_json(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from suptickets.superpose import superpose_steps

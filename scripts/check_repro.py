@@ -17,28 +17,20 @@ hashes of the two repositories' dvc.lock and their `dvc status`, and checks this
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-from project_copy import compose_params, copy_project
+from project_copy import compose_params, copy_project, dvc, env_for
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from suptickets import dvcfiles  # noqa: E402
 
 
 def out_hashes(repo: Path) -> dict[str, str]:
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    return {f"{stage}:{o['path']}": o["md5"] for stage, s in lock["stages"].items() for o in s.get("outs", [])}
-
-
-def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", WANDB_MODE="disabled", PYTHONPATH=str(repo / "src"))
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+    return dvcfiles.out_hashes(dvcfiles.lock(repo))
 
 
 def params_composed(tmp: Path) -> list[str]:
@@ -57,7 +49,7 @@ def compare(runs: list[dict[str, str]]) -> list[str]:
 
 
 def status_clean(repo: Path) -> list[str]:
-    status = dvc(repo, "status", "-q")
+    status = dvc("status", "-q", cwd=repo, env=env_for(repo))
     return [] if status.returncode == 0 else \
         [f"dvc status -q exited {status.returncode} in {repo} after the run: {status.stdout.strip()}"]
 
@@ -92,7 +84,7 @@ def main() -> int:
         compose_params(repo, [f"experiment={args.experiment}"], repo / "params.yaml")
         runs = []
         for flags in ([], ["--force", "--no-run-cache"]):
-            proc = dvc(repo, "repro", *flags)
+            proc = dvc("repro", *flags, cwd=repo, env=env_for(repo))
             if proc.returncode != 0:
                 failures.append(f"dvc repro {' '.join(flags)} failed: {proc.stderr.strip().splitlines()[-1:]}")
                 break

@@ -18,15 +18,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import check_repro
+from project_copy import dvc as run_dvc
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = "metrics/summary.json"
 
 
 def dvc(*args: str) -> str:
-    """A dvc command's stdout (run as check_repro runs it, here); a failure ends the report in one line."""
-    proc = check_repro.dvc(Path.cwd(), *args)
+    """A dvc command's stdout (run here); a failure ends the report in one line."""
+    proc = run_dvc(*args)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
         sys.exit(f"error: ci_report: dvc {' '.join(args)} failed: {last}")

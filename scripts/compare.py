@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 import yaml
-from project_copy import compose_params
+from project_copy import compose_params, dvc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from suptickets.comparison import GAINS, MODELS, summary  # noqa: E402
+from suptickets.composition import preset_overrides  # noqa: E402
 from suptickets.config import get  # noqa: E402
 from suptickets.tracking import overrides  # noqa: E402
 
@@ -99,7 +98,7 @@ def preset_params(root: Path) -> Callable[[str], dict]:
     def params(name: str) -> dict:
         if name not in composed:
             with tempfile.TemporaryDirectory() as tmp:
-                given = [f"experiment={name}"] if (root / "params/experiment" / f"{name}.yaml").is_file() else []
+                given = preset_overrides(root / "params", name)
                 composed[name] = yaml.safe_load(compose_params(root, given, Path(tmp) / "params.yaml"))
         return composed[name]
 
@@ -129,13 +128,12 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
     args = ap.parse_args(argv)
-    cmd = ["dvc", "exp", "show", "--json", *(["--all-commits"] if args.all_commits else [])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, DVC_NO_ANALYTICS="1"))
+    cmd = ["exp", "show", "--json", *(["--all-commits"] if args.all_commits else [])]
+    proc = dvc(*cmd)
     if proc.returncode != 0:
-        print(f"error: {' '.join(cmd)} failed: {proc.stderr.strip()}", file=sys.stderr)
+        print(f"error: dvc {' '.join(cmd)} failed: {proc.stderr.strip()}", file=sys.stderr)
         return 2
-    status = subprocess.run(["dvc", "status", "--json"], capture_output=True, text=True,
-                            env=dict(os.environ, DVC_NO_ANALYTICS="1"))
+    status = dvc("status", "--json")
     stale = status.returncode != 0 or json.loads(status.stdout or "{}") != {}
     table = rows(json.loads(proc.stdout), preset_params(Path.cwd()), stale)
     if not table:

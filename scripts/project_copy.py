@@ -1,8 +1,11 @@
 """A throwaway copy of the project: what a commit would hold, committed in a fresh git repository
-(DVC comes along: .dvc/config is tracked). Shared by tests/conftest.py, scripts/check_repro.py and
-benchmarks/pipeline.py; a helper module, not a command.
+(DVC comes along: .dvc/config is tracked); the environment commands run in such a copy get
+(`env_for`); the one way the tests, scripts and benchmarks run the `dvc` command (`dvc`); and
+params.yaml composed as DVC composes it (`compose_params`). Shared by tests/conftest.py,
+scripts/check_repro.py, ci_report.py, compare.py, share.py and the benchmarks; a helper module, not a command.
 
-Dev tooling, so it lives here rather than in the package (which never knows about DVC).
+Dev tooling, so it lives here rather than in the package (whose one module that knows DVC,
+suptickets.dvcfiles, only reads the pipeline's files).
 """
 
 from __future__ import annotations
@@ -10,11 +13,49 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Mapping
 
 ROOT = Path(__file__).resolve().parents[1]
-IDENTITY = {"GIT_AUTHOR_NAME": "copy", "GIT_COMMITTER_NAME": "copy",
-            "GIT_AUTHOR_EMAIL": "copy@example.invalid", "GIT_COMMITTER_EMAIL": "copy@example.invalid"}
+BIN = Path(sys.executable).parent  # this Python's bin folder: its dvc, python and tools come first
+
+
+def identity(author: str = "copy") -> dict[str, str]:
+    """A git author and committer named `author`, for commits in a copy."""
+    return {"GIT_AUTHOR_NAME": author, "GIT_COMMITTER_NAME": author,
+            "GIT_AUTHOR_EMAIL": f"{author}@example.invalid", "GIT_COMMITTER_EMAIL": f"{author}@example.invalid"}
+
+
+def env_for(repo: Path, *, wandb: str | None = "disabled", author: str = "copy", bin_dir: Path = BIN) -> dict[str, str]:
+    """The environment of commands run in the copy `repo`: `bin_dir` first on PATH, `repo`/src as
+    PYTHONPATH, DVC_NO_ANALYTICS=1, a git identity named `author`, and WANDB_MODE=`wandb` (None:
+    unset, so that W&B does what params.yaml says)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(Path(repo) / "src")
+    if wandb is None:
+        env.pop("WANDB_MODE", None)
+    else:
+        env["WANDB_MODE"] = wandb
+    env["DVC_NO_ANALYTICS"] = "1"
+    env.update(identity(author))
+    return env
+
+
+def dvc(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None, capture: bool = True,
+        check: bool = False) -> subprocess.CompletedProcess:
+    """Run `dvc ARGS` in `cwd` (default: here) with `env` (default: this process's, with this Python's
+    bin folder first on PATH), DVC_NO_ANALYTICS=1 either way. `capture`: its stdout and stderr come
+    back as text in the result; else they go straight to this process's (a user sees DVC's
+    progress). `check`: a failure ends this process with the command and its output."""
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}") if env is None else dict(env)
+    env["DVC_NO_ANALYTICS"] = "1"
+    proc = subprocess.run(["dvc", *args], cwd=cwd, env=env, capture_output=capture, text=True)
+    if check and proc.returncode != 0:
+        output = f":\n{proc.stdout}\n{proc.stderr}" if capture else f" (exit {proc.returncode})"
+        sys.exit(f"dvc {' '.join(args)} failed{output}")
+    return proc
 
 
 def project_files(root: Path = ROOT) -> list[str]:
@@ -30,7 +71,7 @@ def copy_project(dest: Path, root: Path = ROOT) -> Path:
     for f in project_files(root):
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / f, dest / f)
-    env = dict(os.environ, **IDENTITY)
+    env = dict(os.environ, **identity())
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
                 ["git", "commit", "-q", "-m", "copy of the project"]):
         subprocess.run(cmd, cwd=dest, env=env, check=True, capture_output=True, text=True)

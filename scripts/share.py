@@ -15,12 +15,11 @@ dvc.lock and `dvc exp run` of any param set in the pulled records restore every 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 from dvc.repo import Repo
+from project_copy import dvc
 
 
 def run_records(repo: Repo) -> list[tuple[str, str]]:
@@ -41,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-r", "--remote", help="a DVC remote's name (default: the default remote)")
     args = parser.parse_args(argv)
     remote = ["-r", args.remote] if args.remote else []
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    if subprocess.run(["dvc", args.command, "--run-cache", *remote], env=env).returncode != 0:
+    if dvc(args.command, "--run-cache", *remote, capture=False).returncode != 0:
         return 1
     with Repo() as repo:
         files = record_files(repo, run_records(repo))

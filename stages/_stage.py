@@ -35,7 +35,9 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from suptickets import dvcfiles  # noqa: E402
 from suptickets.artifacts import write_json, write_text  # noqa: E402
+from suptickets.composition import compose_config, preset_overrides  # noqa: E402
 from suptickets.config import get, known_keys, unknown_keys, validate  # noqa: E402
 from suptickets.errors import ConfigError, SupticketsError  # noqa: E402
 from suptickets.history import HISTORY_COLUMNS, check_history, history_csv  # noqa: E402
@@ -72,9 +74,7 @@ def config_options(params: Path = PROJECT / "params") -> list[tuple[str, dict]]:
 
 def declared_params(name: str) -> list[str]:
     """The params of stage `name` in dvc.yaml (keys or whole sections of params.yaml)."""
-    spec = dvc_stages().get(name, {})
-    return [k for entry in spec.get("params", []) for k in ([entry] if isinstance(entry, str) else
-                                                             [x for v in entry.values() for x in v])]
+    return dvcfiles.declared_params(dvc_stages().get(name, {}))
 
 
 def declared_settings(cfg: dict, name: str) -> dict:
@@ -88,7 +88,7 @@ def in_temporary_copy() -> bool:
 
 
 def dvc_stages() -> dict:
-    return yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    return dvcfiles.stages(PROJECT)
 
 
 def stage_keys(name: str) -> list[str]:
@@ -212,27 +212,8 @@ def group_name(cfg: dict) -> str:
 def preset_base(cfg: dict) -> dict:
     """The composition of params/ this run started from: the preset named by `cfg["name"]`
     (params/experiment/<name>.yaml) or the defaults."""
-    preset = PROJECT / "params" / "experiment" / f"{cfg.get('name')}.yaml"
-    base = compose_beside(PROJECT / "params", "params", [f"experiment={preset.stem}"] if preset.is_file() else [])
+    base = compose_config(PROJECT / "params", preset_overrides(PROJECT / "params", cfg.get("name")))
     return OmegaConf.to_container(base, resolve=True)
-
-
-def compose_beside(config_dir: Path, config_name: str, overrides: list[str]) -> DictConfig:
-    """`config_name` of `config_dir` composed with `overrides` by Hydra's compose API beside the
-    running app, whose global state is put back afterwards."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    gh = GlobalHydra.instance()
-    saved = gh.hydra
-    gh.clear()
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            return compose(config_name, overrides=overrides)
-    finally:
-        GlobalHydra.instance().clear()
-        if saved is not None:
-            GlobalHydra.instance().initialize(saved)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -359,9 +340,7 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
         _fail(name, err)
     folder = run_folder(name)
     if folder is not None:  # by hand: never over DVC's outputs
-        from suptickets.sweep import chain_inputs
-
-        enter_run_folder(folder, chain_inputs(dvc_stages(), [name]), dcfg)
+        enter_run_folder(folder, dvcfiles.chain_inputs(dvc_stages(), [name]), dcfg)
         log.info(f"{name}: run outside DVC: writing to {folder}/ (its inputs linked from the project; "
                  f"hydra.run.dir=. writes into the project instead)")
     procs = cfg["launcher"]["nproc_per_node"] if name in TRAINING_STAGES else 1

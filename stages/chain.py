@@ -38,14 +38,16 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), str(HERE.parent / "src"),
                                             *filter(None, [os.environ.get("PYTHONPATH")])])
 
 import hydra  # noqa: E402
-from _stage import (TRAINING_STAGES, compose_beside, config_options, dvc_stages, enter_run_folder,  # noqa: E402
-                    launch, run_folder, stage, stage_keys, unknown_overrides)
+from _stage import (TRAINING_STAGES, config_options, dvc_stages, enter_run_folder, launch, run_folder,  # noqa: E402
+                    stage, stage_keys, unknown_overrides)
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, ListConfig, OmegaConf  # noqa: E402
 
+from suptickets.composition import compose_config  # noqa: E402
 from suptickets.config import known_keys, validate  # noqa: E402
+from suptickets.dvcfiles import chain_inputs  # noqa: E402
 from suptickets.errors import ConfigError  # noqa: E402
-from suptickets.sweep import chain_inputs, link_inputs  # noqa: E402
+from suptickets.sweep import link_inputs  # noqa: E402
 
 DEFAULT_CHAIN = ["dense", "sparse_baseline", "warmup", "tickets", "superpose", "export", "evaluate", "report"]
 
@@ -91,7 +93,7 @@ def lane_configs(cfg: DictConfig, lanes: list[list[str]], chain: list[str]) -> l
         if problems:
             fail(who + "; ".join(problems))
         try:
-            lane = compose_beside(Path(source), hc.job.config_name, base + extra)
+            lane = compose_config(Path(source), base + extra, hc.job.config_name)
         except Exception as err:  # Hydra's own errors (a bad value, an unknown option of a group)
             fail(who + str(err).strip().splitlines()[0])
         for name in chain:

@@ -9,11 +9,10 @@ import os
 from pathlib import Path
 
 import hydra
-import yaml
 from _stage import Stage, in_temporary_copy, launch, log, stage
 from omegaconf import DictConfig
 
-from suptickets import report
+from suptickets import dvcfiles, report
 from suptickets.artifacts import file_md5, load_tensors, model_files, read_json, state_from_file, write_text
 from suptickets.comparison import is_ticket, percent
 from suptickets.errors import MissingInput
@@ -111,13 +110,13 @@ def run(s: Stage) -> None:
         final["superposed_beats_sparse_baseline"] = acc["superposed"] > acc["sparse_baseline"]
     wb = s.run.wandb_run  # None when tracking is off
     if wb is not None:
-        lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").is_file() else {}
+        lock = dvcfiles.lock()
         by_model = {r["model"]: r for r in rows}
         cache = dvc_cache()
         temporary = in_temporary_copy()
         models = []
         for n, p in files.items():
-            meta = dvc_hashes(p, lock or {}, cache)
+            meta = dvc_hashes(p, lock, cache)
             ref = reference(p, meta["md5"], cache, temporary)
             if ref is None:
                 log.warning(f"report: {p} is not in the DVC cache and this temporary experiment folder goes "

@@ -11,34 +11,30 @@ suite's few end-to-end runs, each made once and shared by every test that only r
 
 from __future__ import annotations
 
+import functools
+import gzip
 import json
 import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "scripts"))
+import project_copy  # noqa: E402
 from project_copy import copy_project  # noqa: E402
 
-
-def env_for(repo: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(repo / "src")
-    env.pop("WANDB_MODE", None)
-    env["DVC_NO_ANALYTICS"] = "1"
-    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
-    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.invalid"
-    return env
+# commands in a copy: W&B as its params.yaml says (the smoke preset: offline), commits by "test"
+env_for = functools.partial(project_copy.env_for, wandb=None, author="test")
 
 
 def run(repo: Path, *cmd: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -256,3 +252,25 @@ def check_budget(repo: Path, density: float, *, may_empty: bool) -> dict:
     else:
         assert m["test_acc"]["superposed"] > 0.3
     return m
+
+
+# ----------------------------------------------------------------------------------------------
+# data files
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int | None = None, gz: bool = False,
+              extra: bytes = b"", cut: int = 0) -> Path:
+    """Write a uint8 IDX file (optionally gzipped, with bytes appended or cut off the end)."""
+    array = np.asarray(array, dtype=np.uint8)
+    if magic is None:
+        magic = (0x08 << 8) | array.ndim
+    blob = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+    blob += array.tobytes() + extra
+    if cut:
+        blob = blob[:-cut]
+    if gz:
+        with gzip.open(path, "wb") as fh:
+            fh.write(blob)
+    else:
+        path.write_bytes(blob)
+    return path

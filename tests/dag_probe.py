@@ -101,17 +101,11 @@ def project_modules() -> dict[str, str]:
     return out
 
 
-def compose(overrides: list[str]) -> dict:
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(str(ROOT / "params"), version_base="1.3"):
-        return OmegaConf.to_container(hydra_compose("params", overrides=overrides), resolve=True)
-
-
 def main(out: str, stages: list[str], overrides: list[str]) -> None:
+    from suptickets.composition import compose
+
     sys.path.insert(0, str(ROOT / "stages"))
-    cfg = compose(overrides)
+    cfg = compose(ROOT / "params", overrides)
     records = {}
     for name in stages:
         for module in project_modules():

@@ -3,16 +3,15 @@ run as a user would, checking exit code, the one-line message and that nothing w
 
 from __future__ import annotations
 
-import gzip
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from conftest import ROOT, error_lines
+from conftest import ROOT, error_lines, write_idx
+from suptickets.composition import compose
 from suptickets.config import check
 
 BAD = [
@@ -48,8 +47,7 @@ BAD = [
 
 
 def composed(overrides: list[str]) -> dict:
-    with initialize_config_dir(str(ROOT / "params"), version_base="1.3"):
-        return OmegaConf.to_container(compose("params", overrides=overrides), resolve=True)
+    return compose(ROOT / "params", overrides)
 
 
 def test_every_preset_with_granet_prunes_over_the_reference_window():
@@ -178,14 +176,6 @@ def test_group_override_on_the_composed_params_yaml_is_refused(tmp_path):
     assert not (tmp_path / "models").exists()
 
 
-def write_idx(path, magic, dims, payload: bytes):
-    import struct
-
-    head = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims)
-    with gzip.open(path, "wb") as f:
-        f.write(head + payload)
-
-
 def test_missing_and_truncated_data_files_are_named_and_nothing_is_written(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -193,10 +183,10 @@ def test_missing_and_truncated_data_files_are_named_and_nothing_is_written(tmp_p
     assert proc.returncode == 2
     assert "error: prepare:" in proc.stderr and str(raw) in proc.stderr
     n = 50
-    write_idx(raw / "train-images-idx3-ubyte.gz", 0x803, [n, 28, 28], bytes(n * 28 * 28 - 7))  # truncated
-    write_idx(raw / "train-labels-idx1-ubyte.gz", 0x801, [n], bytes(n))
-    write_idx(raw / "t10k-images-idx3-ubyte.gz", 0x803, [n, 28, 28], bytes(n * 28 * 28))
-    write_idx(raw / "t10k-labels-idx1-ubyte.gz", 0x801, [n], bytes(n))
+    write_idx(raw / "train-images-idx3-ubyte.gz", np.zeros((n, 28, 28)), gz=True, cut=7)  # truncated
+    write_idx(raw / "train-labels-idx1-ubyte.gz", np.zeros(n), gz=True)
+    write_idx(raw / "t10k-images-idx3-ubyte.gz", np.zeros((n, 28, 28)), gz=True)
+    write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.zeros(n), gz=True)
     proc = stage(tmp_path, "prepare", f"data.root={raw}", "data.download=false")
     assert proc.returncode == 2
     assert "train-images-idx3-ubyte.gz" in proc.stderr

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, STAGE_ENV, run
-from suptickets.sweep import inside, stage_paths, writes
+from suptickets import dvcfiles
+from suptickets.dvcfiles import declared_params, inside, stage_paths, writes
 
 sys.path.insert(0, str(ROOT / "stages"))
 sys.path.insert(0, str(Path(__file__).parent))
@@ -21,7 +22,7 @@ from _stage import RESULT_FREE  # noqa: E402
 from dag_probe import Recorder  # noqa: E402
 
 CODE = ("src/", "stages/")
-SPEC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+SPEC = dvcfiles.stages(ROOT)
 
 
 def in_dag_order(stages: dict) -> list[str]:
@@ -97,10 +98,10 @@ def test_every_stage_declares_each_setting_it_reads(records):
     """A stage that reads data/prepared may also read the settings prepare declares: data/prepared
     records them (summary.json's config, which runtime.load_batches compares with the run's), so a
     change to any of them changes that dependency."""
-    recorded_by_prepared = stage_paths(SPEC["prepare"].get("params"))
+    recorded_by_prepared = declared_params(SPEC["prepare"])
     problems = []
     for name, rec in records.items():
-        params = stage_paths(SPEC[name].get("params"))
+        params = declared_params(SPEC[name])
         problems += [f"{name}: dvc.yaml lists param {p} twice" for p in sorted({p for p in params if params.count(p) > 1})]
         if "data/prepared" in stage_paths(SPEC[name].get("deps")):
             params = params + recorded_by_prepared

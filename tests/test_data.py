@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import pickle
 import struct
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_idx
 from suptickets import batches, datasets, prepared
 from suptickets.errors import DataError
 
@@ -21,24 +21,6 @@ FASHION_DIR = Path(datasets.DEBIAN_FASHION_MNIST)
 
 # ----------------------------------------------------------------------------------------------
 # helpers
-
-
-def write_idx(path: Path, array: np.ndarray, magic: int | None = None, gz: bool = False,
-              extra: bytes = b"", cut: int = 0) -> Path:
-    """Write a uint8 IDX file (optionally gzipped, with bytes appended or cut off the end)."""
-    array = np.asarray(array, dtype=np.uint8)
-    if magic is None:
-        magic = (0x08 << 8) | array.ndim
-    blob = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
-    blob += array.tobytes() + extra
-    if cut:
-        blob = blob[:-cut]
-    if gz:
-        with gzip.open(path, "wb") as fh:
-            fh.write(blob)
-    else:
-        path.write_bytes(blob)
-    return path
 
 
 def write_fashion(directory: Path, n_train: int = 20, n_test: int = 10, gz: bool = False,

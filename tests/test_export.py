@@ -8,13 +8,12 @@ import json
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from safetensors import safe_open
 
 from conftest import error_lines, ROOT, run
 from suptickets import runtime, sparse
 from suptickets.artifacts import load_tensors, save_tensors
+from suptickets.composition import compose
 from suptickets.batches import normalize
 from suptickets.config import check
 from suptickets.prepared import load_prepared
@@ -222,8 +221,7 @@ def test_differing_predictions_fail_the_verification_in_one_line():
     ("export.repeats=0", "export.repeats=0: expected an integer >= 1"),
 ])
 def test_bad_export_settings_are_named(override, message):
-    with initialize_config_dir(str(ROOT / "params"), version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("params", overrides=[override]), resolve=True)
+    cfg = compose(ROOT / "params", [override])
     assert any(p.startswith(message) for p in check(cfg)), check(cfg)
 
 

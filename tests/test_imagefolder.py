@@ -122,11 +122,11 @@ def test_folder_batches_are_the_same_for_any_number_of_workers_and_shard_by_rank
     assert all(torch.equal(a, b) for a, b in zip(first, [x for x, _ in plain.epoch(7)]))  # no augmentation
 
 
-def test_imagenet_preset_composes_to_the_recipe(tmp_path):
-    from test_pipeline import compose
-    import yaml
+def test_imagenet_preset_composes_to_the_recipe():
+    from conftest import ROOT
+    from suptickets.composition import compose
 
-    cfg = yaml.safe_load(compose(["experiment=imagenet_resnet50"], tmp_path / "p.yaml"))
+    cfg = compose(ROOT / "params", ["experiment=imagenet_resnet50"])
     assert check(cfg) == []
     assert cfg["data"]["name"] == "imagenet" and cfg["model"] == {"name": "resnet50", "stem": "imagenet"}
     t = cfg["train"]

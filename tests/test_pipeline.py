@@ -18,12 +18,8 @@ STAGES = ["prepare", "dense", "sparse_baseline", "warmup", "tickets", "superpose
 pytestmark = pytest.mark.e2e
 
 
-def compose(overrides: list[str], out: Path) -> str:
-    return compose_params(ROOT, overrides, out)
-
-
 def test_params_yaml_is_the_composition_of_params(tmp_path):
-    assert (ROOT / "params.yaml").read_text() == compose([], tmp_path / "params.yaml")
+    assert (ROOT / "params.yaml").read_text() == compose_params(ROOT, [], tmp_path / "params.yaml")
 
 
 def test_every_stage_ran_and_wrote_its_outputs(smoke_repo):

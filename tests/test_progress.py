@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import yaml
-
 from conftest import ROOT
-from suptickets.progress import deps_changed, duration, expected_stages, params_changed, progress_line
+from suptickets.dvcfiles import deps_changed, expected_stages, params_changed, stages
+from suptickets.progress import duration, progress_line
 
-STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+STAGES = stages(ROOT)
 ORDER = list(STAGES)
 
 

@@ -5,20 +5,14 @@ by the `resume_pair` fixture of tests/conftest.py)."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
+from suptickets import dvcfiles
 from suptickets.models import build_model
 from suptickets.resume import Checkpoint, key
 from suptickets.sparsity.engine import Masked, init_masks, masks_of
-
-
-def lock_hashes(repo: Path, lock: str = "dvc.lock") -> dict[str, str]:
-    data = yaml.safe_load((repo / lock).read_text())
-    return {f"{s}:{o['path']}": o["md5"] for s, st in data["stages"].items() for o in st.get("outs", [])}
 
 
 def test_checkpoint_key_depends_on_config_inputs_and_run_folder(tmp_path):
@@ -61,7 +55,7 @@ def test_killed_in_warmup_and_in_tickets_then_rerun_gives_identical_outputs(resu
     out, repo = resume_pair["log"], resume_pair["resumed"]
     assert "warmup: resuming after epoch" not in out  # warmup finished in the second run
     assert re.search(r"tickets: resuming after epoch (9|1[0-5])\b", out), out
-    assert lock_hashes(repo) == lock_hashes(resume_pair["uninterrupted"])
+    assert dvcfiles.out_hashes(dvcfiles.lock(repo)) == dvcfiles.out_hashes(dvcfiles.lock(resume_pair["uninterrupted"]))
     assert not any((repo / ".cache/suptickets/resume").iterdir()), "checkpoints are removed when stages end"
 
 

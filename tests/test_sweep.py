@@ -9,10 +9,11 @@ import pytest
 import yaml
 
 from conftest import ROOT, make_repo, run
-from suptickets.sweep import chain_inputs, link_inputs, upstream
+from suptickets.dvcfiles import chain_inputs, stages, upstream
+from suptickets.sweep import link_inputs
 from test_report import read_wandb_records
 
-STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+STAGES = stages(ROOT)
 
 
 def test_chain_inputs_are_what_the_chain_reads_and_does_not_write():
