@@ -141,7 +141,7 @@ class Stage:
         """After each epoch (rank 0): the history CSV so far, and the metrics file as this epoch's
         row. Both are the stage's declared outputs, and DVC reads a running experiment's workspace,
         so `dvc exp show` and `dvc plots show` follow a stage while it trains (dvclive's way, by
-        hand: see the README); the stage's end overwrites both with its final files."""
+        hand: see docs/sweeps-and-comparison.md); the stage's end overwrites both with its final files."""
         if self.rank != 0:
             return
         self.write_history()

@@ -1,4 +1,4 @@
-"""Where a pipeline run stands: `[4/8] warmup — about 2m40s left (last run's times)`, logged when
+"""Where a pipeline run stands: `[4/10] warmup — about 4m07s left (last run's times)`, logged when
 a stage starts under DVC, and each stage's wall time kept for the next run's estimate.
 
 Under `dvc repro` a stage does not know which other stages DVC will run, so it predicts them from
@@ -8,7 +8,7 @@ config differ from what the last run recorded (`dvc exp run -S ...`), with a dep
 whose md5 differs from the recorded one (folders are not hashed, so an edit inside
 src/suptickets/sparsity alone is not foreseen), and every stage that reads what an expected stage
 writes (a rerun changes its inputs). The numbering is the stage's place in the pipeline's order
-([4/8]: the fourth of eight stages), whichever of them run. The estimate adds the last recorded wall
+([4/10]: the fourth of ten stages), whichever of them run. The estimate adds the last recorded wall
 time of each expected stage under the same preset (`name`), from `.cache/suptickets/stage_times.json`
 under the repository root (ignored by git, shared by queued experiments); stages never timed are
 named instead.
