@@ -22,9 +22,16 @@ the GPU runs no kernel, 1 - (kernel time per step, summed by the CUDA profiler o
 / (wall time per step of the timed windows): the part of the step the device waits for the host
 (Python, kernel launches, syncs). On a CPU host and device are the same, so no share is given.
 
+`--lanes N` (several values: one row each) trains N copies of each variant in one process, as the
+runs of a `stages/chain.py +lanes` job train: each lane its own model, optimizer, masks and data
+order (seed + k), all advanced one training step each in turn by `suptickets.lanes` (on CUDA each
+lane on its own stream). A window is then one epoch of every lane; images/s are summed over the
+lanes, ms per step is per step of all lanes together, and the update and mask figures are lane 0's.
+
     python benchmarks/gpu_throughput.py                                  # both presets, on a CUDA machine
     python benchmarks/gpu_throughput.py --experiment cifar10_resnet32 --pairs 20 --json out.json
     python benchmarks/gpu_throughput.py --device cpu --set train.batch_size=16   # on a CPU
+    python benchmarks/gpu_throughput.py --lanes 1 8                      # one lane, then 8 in one process
     python benchmarks/gpu_throughput.py --dry-run                        # tiny windows on the CPU
 """
 
@@ -74,7 +81,8 @@ def main(argv=None) -> int:
         __doc__, costs=("per preset a warm-up (2 short windows per variant), then --pairs x 2 windows of "
                         "--window-s (2 s) each, an extra profiled window per variant on CUDA and "
                         "--update-calls updates: about 50 s a preset, 100 s for the two default presets "
-                        "(not measured yet on a GPU). --dry-run: a few seconds on a CPU."))
+                        "(an estimate, not measured on a GPU); each further --lanes value as much again. "
+                        "--dry-run: a few seconds on a CPU per preset and lane count."))
     ap.add_argument("--experiment", nargs="+", default=["fashion_mnist_resnet", "cifar10_resnet32"],
                     help="presets of params/experiment to time (default: %(default)s)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -83,6 +91,8 @@ def main(argv=None) -> int:
     ap.add_argument("--window-s", type=float, default=2.0, help="seconds a timed window lasts, about (default %(default)s)")
     ap.add_argument("--pairs", type=int, default=10, help="dense+masked window pairs timed (default %(default)s)")
     ap.add_argument("--update-calls", type=int, default=5, help="timed topology updates, median (default %(default)s)")
+    ap.add_argument("--lanes", type=int, nargs="+", default=[1], metavar="N",
+                    help="runs trained in one process as lanes, one row per value (default %(default)s)")
     _common.add_threads(ap, 1, help="CPU threads, as the stages' `threads` (default %(default)s)")
     ap.add_argument("--dry-run", action="store_true",
                     help="on the CPU at tiny sizes (fashion_mnist_resnet, batch 8, windows of 0.05 s, 2 pairs): "
@@ -94,9 +104,9 @@ def main(argv=None) -> int:
         if args.experiment == ap.get_default("experiment"):
             args.experiment = ["fashion_mnist_resnet"]
         args.set = ["train.batch_size=8", "train.eval_batch_size=8", *args.set]
-    if args.window_s <= 0 or args.pairs < 2 or args.update_calls < 1:
-        raise SystemExit(f"gpu_throughput.py: need --window-s > 0, --pairs >= 2, --update-calls >= 1; got "
-                         f"{args.window_s}, {args.pairs}, {args.update_calls}")
+    if args.window_s <= 0 or args.pairs < 2 or args.update_calls < 1 or min(args.lanes) < 1:
+        raise SystemExit(f"gpu_throughput.py: need --window-s > 0, --pairs >= 2, --update-calls >= 1, --lanes >= 1; "
+                         f"got {args.window_s}, {args.pairs}, {args.update_calls}, {args.lanes}")
 
     import torch
 
@@ -110,17 +120,19 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}{' (dry run)' if args.dry_run else ''}; torch {torch.__version__}; threads {args.threads}; "
           f"windows of ~{args.window_s} s, {args.pairs} dense/masked pairs")
-    results = [bench(experiment, args, device) for experiment in args.experiment]
+    results = [bench(experiment, args, device, n) for experiment in args.experiment for n in args.lanes]
     if args.json:
         args.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "dry_run": args.dry_run,
                                          "window_s": args.window_s, "pairs": args.pairs, "threads": args.threads,
+                                         "update_calls": args.update_calls, "lanes": args.lanes,
                                          "results": results}, indent=2) + "\n")
     return 0
 
 
-def synthetic_data(cfg: dict, shape, classes: int, device, steps: int) -> dict:
-    """Random uint8 images on the device as the stages hold a data set: a train split of one epoch of
-    `steps` batches (shuffled, the preset's crops and flips) and a val split of one batch."""
+def synthetic_data(cfg: dict, shape, classes: int, device, steps: int, lanes: int = 1) -> list[dict]:
+    """Random uint8 images on the device as the stages hold a data set: per lane a train split of one
+    epoch of `steps` batches (shuffled in the lane's own order, the preset's crops and flips) and a val
+    split of one batch; the lanes share the images."""
     import torch
 
     from suptickets.batches import Batches
@@ -130,41 +142,65 @@ def synthetic_data(cfg: dict, shape, classes: int, device, steps: int) -> dict:
     x = torch.randint(0, 256, (b * steps, *shape), dtype=torch.uint8, generator=g).to(device)
     y = torch.randint(0, classes, (b * steps,), generator=g).to(device)
     mean, std = [0.5] * shape[0], [0.25] * shape[0]
-    return {"train": Batches(x, y, mean, std, batch_size=b, shuffle=True, drop_last=True, seed=cfg["seed"],
-                             padding=aug["padding"], flip=aug["flip"]),
-            "val": Batches(x[:b], y[:b], mean, std, batch_size=cfg["train"]["eval_batch_size"])}
+    return [{"train": Batches(x, y, mean, std, batch_size=b, shuffle=True, drop_last=True, seed=cfg["seed"] + k,
+                              padding=aug["padding"], flip=aug["flip"]),
+             "val": Batches(x[:b], y[:b], mean, std, batch_size=cfg["train"]["eval_batch_size"])}
+            for k in range(lanes)]
 
 
-class Variant:
-    """One side of the comparison: a model, its optimizer and data, trained one epoch per window by
-    the stage's own phase function."""
+class Lane:
+    """One run of a variant: a model, its optimizer and data, trained one epoch per window by the
+    stage's own phase function."""
 
-    def __init__(self, masked: bool, cfg: dict, shape, classes: int, device, steps: int):
+    def __init__(self, masked: bool, cfg: dict, shape, classes: int, device, data: dict):
         from suptickets.phases import FlopsMeter
         from suptickets.runtime import new_model, optimizer_for
 
-        self.masked, self.cfg, self.epoch, self.step = masked, cfg, 0, 0
+        self.masked, self.cfg, self.step, self.data = masked, cfg, 0, data
         self.model = new_model(cfg, {"shape": list(shape), "num_classes": classes}, device)
         self.opt = optimizer_for(self.model, cfg["train"])
         self.flops = FlopsMeter(self.model, shape, cfg["dst"]["method"] if masked else None,
                                 cfg["dst"]["update_frequency"] if masked else None)
-        self.data = synthetic_data(cfg, shape, classes, device, steps)
 
-    def run_epoch(self) -> None:
-        """One epoch of the phase, as a stage resumed at this epoch runs it."""
+    def run_epoch(self, e: int) -> None:
+        """Epoch e of the phase, as a stage resumed at this epoch runs it."""
         from suptickets.phases import dense, sparse_phase
 
-        e = self.epoch
         if self.masked:
             self.step = sparse_phase(self.model, self.opt, self.data, self.cfg, epochs=e + 1, on_epoch=lambda row: None,
                                      stage="sparse_baseline", flops=self.flops, start_epoch=e, step=self.step)
         else:
             self.step = dense(self.model, self.opt, self.data, self.cfg, epochs=e + 1, on_epoch=lambda row: None,
                               start_epoch=e, step=self.step)
+
+
+class Variant:
+    """One side of the comparison: its lanes (one, or several trained in turn in this process)."""
+
+    def __init__(self, masked: bool, cfg: dict, shape, classes: int, device, data: list[dict]):
+        self.epoch = 0
+        self.lanes = [Lane(masked, cfg, shape, classes, device, d) for d in data]
+
+    def set_data(self, data: list[dict]) -> None:
+        for lane, d in zip(self.lanes, data):
+            lane.data = d
+
+    def run_epoch(self) -> None:
+        """One epoch of every lane; several lanes one training step each in turn (suptickets.lanes)."""
+        from suptickets import lanes
+
+        e = self.epoch
+        if len(self.lanes) == 1:
+            self.lanes[0].run_epoch(e)
+        else:
+            codes = lanes.run([lambda lane=lane: lane.run_epoch(e) for lane in self.lanes],
+                              [f"lane-{k}" for k in range(len(self.lanes))])
+            if any(codes):
+                raise SystemExit(f"gpu_throughput.py: lanes ended with exit codes {codes}")
         self.epoch += 1
 
 
-def bench(experiment: str, args, device) -> dict:
+def bench(experiment: str, args, device, lanes: int = 1) -> dict:
     import torch
 
     from suptickets.sparsity.engine import DST, Masked
@@ -188,15 +224,16 @@ def bench(experiment: str, args, device) -> dict:
     t_start = time.perf_counter()
     # warm-up with short epochs: the first one pays for allocation (and compilation), the second is timed
     # to size the windows
-    probe = 8 if args.dry_run else 30
-    sides = {v: Variant(v == "masked", cfg, shape, classes, device, probe) for v in VARIANTS}
+    probe = max(2, round((8 if args.dry_run else 30) / lanes))  # steps of every lane
+    data = synthetic_data(cfg, shape, classes, device, probe, lanes)
+    sides = {v: Variant(v == "masked", cfg, shape, classes, device, data) for v in VARIANTS}
     for v in VARIANTS:
         timed(sides[v])
     per_step = max(timed(sides[v]) for v in VARIANTS) / probe
     steps = max(2, round(args.window_s / per_step))
-    data = synthetic_data(cfg, shape, classes, device, steps)  # the same models, now on epochs of one window
+    data = synthetic_data(cfg, shape, classes, device, steps, lanes)  # the same models, on epochs of one window
     for v in VARIANTS:
-        sides[v].data = data
+        sides[v].set_data(data)
         timed(sides[v])
 
     windows = {v: [] for v in VARIANTS}
@@ -205,7 +242,7 @@ def bench(experiment: str, args, device) -> dict:
             windows[v].append(timed(sides[v]))
 
     # one topology update, on a step's dense gradient, as the loop makes it
-    masked_side = sides["masked"]
+    masked_side = sides["masked"].lanes[0]
     model, opt = masked_side.model, masked_side.opt
     masked = Masked(model, opt)
     rule = DST.from_config(cfg["dst"], steps_per_epoch=steps, epochs=cfg["train"]["epochs"],
@@ -237,11 +274,11 @@ def bench(experiment: str, args, device) -> dict:
 
     ms_per_step = {v: 1e3 * statistics.median(windows[v]) / steps for v in VARIANTS}
     res = {
-        "experiment": experiment, "model": cfg["model"]["name"], "input_shape": list(shape), "batch": b,
+        "experiment": experiment, "model": cfg["model"]["name"], "input_shape": list(shape), "batch": b, "lanes": lanes,
         "amp": cfg["train"]["amp"], "channels_last": cfg["train"]["channels_last"], "compile": cfg["train"]["compile"],
         "dst": {k: cfg["dst"][k] for k in ("method", "density", "update_frequency")},
         "window_steps": steps, "window_s": windows,
-        "images_per_s": {v: b * steps / statistics.median(windows[v]) for v in VARIANTS},
+        "images_per_s": {v: lanes * b * steps / statistics.median(windows[v]) for v in VARIANTS},
         "ms_per_step": ms_per_step, "host_share": host_share,
         "update_ms": 1e3 * statistics.median(update_s),
         "masked_over_dense": ratio_interval(windows["dense"], windows["masked"]),
@@ -253,7 +290,8 @@ def bench(experiment: str, args, device) -> dict:
 
 def report(r: dict) -> None:
     d = r["dst"]
-    print(f"{r['experiment']}: {r['model']} on {'x'.join(map(str, r['input_shape']))}, batch {r['batch']}, amp "
+    print(f"{r['experiment']}: {r['model']} on {'x'.join(map(str, r['input_shape']))}, "
+          f"{r['lanes']} lane{'s' if r['lanes'] > 1 else ''} (images/s summed), batch {r['batch']}, amp "
           f"{r['amp']}, channels_last {r['channels_last']}, compile {r['compile']}; masked: {d['method']} at density "
           f"{d['density']}, an update every {d['update_frequency']} steps; windows of {r['window_steps']} steps")
     for v in VARIANTS:

@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# Fills .gpu_carry/ (git-ignored) with what scripts/gpu_check.sh needs on a GPU machine that has
-# PyTorch, numpy, pandas, safetensors, matplotlib and tqdm but neither network nor hydra-core,
-# omegaconf, pandera, wandb or dvc:
+# For a CUDA machine without network: fills .gpu_carry/ (git-ignored) with what scripts/gpu_check.sh
+# needs there when that machine has Python 3.12 with PyTorch, numpy, pandas, safetensors, matplotlib
+# and tqdm, but not hydra-core, omegaconf or pandera (the check needs neither wandb nor dvc):
 #   wheels/         CPython 3.12 / manylinux x86-64 wheels of hydra-core, omegaconf, PyYAML, pandera and
 #                   everything they need except numpy and pandas, at the versions installed in .venv;
 #                   antlr4-python3-runtime is built here (PyPI has only its source);
 #   fashion-mnist/  the four IDX files of Fashion-MNIST (Debian package dataset-fashion-mnist).
-# Needs PyPI and the project's .venv (`make setup`). Builds the folder anew each time (pip's cache
-# makes a second run quick) and swaps it in; refuses a result over 60 MiB (the GPU machine takes 64 MiB
-# with the repository). Prints what it holds and the total.
+# Run it where PyPI is reachable, with the project's .venv (`make setup`), then copy the repository
+# with .gpu_carry/ to the machine. Builds the folder anew each time (pip's cache makes a second run
+# quick) and swaps it in; refuses a result over GPU_CARRY_MAX_MIB (default 60) MiB. Prints what it
+# holds and the total.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 py=$root/.venv/bin/python
 carry=$root/.gpu_carry
 data=${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
-limit=$((60 * 1024 * 1024))
-# downloaded as wheels; numpy and pandas are on the GPU machine already
+max_mib=${GPU_CARRY_MAX_MIB:-60}
+limit=$((max_mib * 1024 * 1024))
+# downloaded as wheels; numpy and pandas are taken to be on the machine already
 packages="hydra-core omegaconf PyYAML pandera pydantic pydantic-core annotated-types typing-inspection
           typing-extensions typeguard typing-inspect mypy-extensions packaging"
 built=antlr4-python3-runtime   # sdist only on PyPI: a pure-Python wheel built here
@@ -48,9 +50,9 @@ for f in $files; do cp "$data/$f" "$tmp/fashion-mnist/$f"; done
 
 total=$(du -sb "$tmp" | cut -f1)
 (cd "$tmp" && find . -type f | sort | while read -r f; do printf '%10d  %s\n' "$(stat -c %s "$f")" "${f#./}"; done)
-printf 'total %d bytes (%.1f MiB; limit 60 MiB)\n' "$total" "$(echo "$total / 1048576" | bc -l)"
+printf 'total %d bytes (%.1f MiB; limit %d MiB)\n' "$total" "$(echo "$total / 1048576" | bc -l)" "$max_mib"
 if [ "$total" -gt "$limit" ]; then
-    echo "error: gpu_check_prepare: $total bytes is over the 60 MiB limit; .gpu_carry left as it was" >&2
+    echo "error: gpu_check_prepare: $total bytes is over the $max_mib MiB limit (GPU_CARRY_MAX_MIB); .gpu_carry left as it was" >&2
     exit 1
 fi
 rm -rf "$carry"

@@ -213,20 +213,24 @@ def test_superpose_steps_equals_the_baseline_superposition():
 # (d) ------------------------------------------------------------------------------------------
 
 def test_gpu_throughput_dry_run_times_the_stages_loop_and_reports_the_ratio_interval(tmp_path):
-    """Structure, not timings: the preset's settings, alternating windows, the pairwise ratio."""
+    """Structure, not timings: the preset's settings, alternating windows, the pairwise ratio; with
+    --lanes 1 2, a second row of two lanes in one process (images/s summed over them)."""
     import json
     import statistics
 
     out = tmp_path / "t.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "gpu_throughput.py"), "--dry-run", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_throughput.py"), "--dry-run", "--lanes", "1", "2",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "device: CPU (dry run)" in proc.stdout
     d = json.loads(out.read_text())
-    assert d["dry_run"] and d["pairs"] == 2
-    [r] = d["results"]
-    assert (r["experiment"], r["model"], r["input_shape"], r["batch"]) == ("fashion_mnist_resnet", "resnet20",
-                                                                           [1, 28, 28], 8)
+    assert d["dry_run"] and d["pairs"] == 2 and d["lanes"] == [1, 2]
+    r, two = d["results"]
+    assert (r["experiment"], r["model"], r["input_shape"], r["batch"], r["lanes"]) == (
+        "fashion_mnist_resnet", "resnet20", [1, 28, 28], 8, 1)
+    assert (two["experiment"], two["lanes"]) == ("fashion_mnist_resnet", 2) and two["masks_exact"] is True
+    for v in ("dense", "masked"):  # a window is one epoch of both lanes
+        assert two["images_per_s"][v] == pytest.approx(2 * 8 * two["window_steps"] / statistics.median(two["window_s"][v]))
     assert r["dst"] == {"method": "rigl", "density": 0.05, "update_frequency": 100}  # the preset's
     steps, w = r["window_steps"], r["window_s"]
     assert steps >= 2 and [len(w["dense"]), len(w["masked"])] == [2, 2] and min(w["dense"] + w["masked"]) > 0
@@ -238,7 +242,8 @@ def test_gpu_throughput_dry_run_times_the_stages_loop_and_reports_the_ratio_inte
     assert q["low"] <= q["ratio"] <= q["high"] and q["ratio"] == pytest.approx(statistics.fmean(q["ratios"]))
     assert r["host_share"] == {"dense": None, "masked": None}  # no separate device on a CPU
     assert r["update_ms"] > 0 and r["masks_exact"] is True
-    for text in ("masked/dense", "95% interval", "ms/step", "topology update", "masks exact: True"):
+    for text in ("masked/dense", "95% interval", "ms/step", "topology update", "masks exact: True",
+                 "1 lane (images/s summed)", "2 lanes (images/s summed)"):
         assert text in proc.stdout
 
 
@@ -252,7 +257,8 @@ def test_gpu_throughput_ratio_interval_by_hand():
 
 @pytest.mark.parametrize("args,message", [
     (["--experiment", "nope"], "--experiment 'nope' is not a preset; one of ["),
-    (["--pairs", "1"], "need --window-s > 0, --pairs >= 2, --update-calls >= 1; got 2.0, 1, 5"),
+    (["--pairs", "1"], "need --window-s > 0, --pairs >= 2, --update-calls >= 1, --lanes >= 1; got 2.0, 1, 5, [1]"),
+    (["--lanes", "0"], "need --window-s > 0, --pairs >= 2, --update-calls >= 1, --lanes >= 1; got 2.0, 10, 5, [0]"),
 ])
 def test_gpu_throughput_refuses_bad_input_in_one_line(args, message):
     proc = subprocess.run([sys.executable, str(BENCH / "gpu_throughput.py"), "--device", "cpu", *args], cwd=ROOT,

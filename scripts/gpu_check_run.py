@@ -1,0 +1,272 @@
+"""The GPU check's three parts, each filling its section of the report: parity (the smoke DAG twice
+per mode, files compared), throughput (benchmarks/gpu_throughput.py) and the gain (the grid's runs
+as lanes of stages/chain.py processes)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import gpu_check_plan as plan
+from gpu_check_jobs import (Job, chain_cmd, file_hashes, imported_top_level, read_text, run_jobs,
+                            seconds_per_epoch)
+from suptickets.composition import compose
+
+ROOT = plan.ROOT
+EVALUATE_KEYS = ("target_density", "test_acc", "test_loss", "density", "gain")
+MIN_ACC = 0.2          # "sane": at least twice chance (10 classes)
+NOT_ON_GPU_IMAGE = ("wandb", "dvc")  # the check needs neither; a run that imports one is reported
+NONDETERMINISTIC = re.compile(r"([\w.]+) does not have a deterministic implementation")
+
+
+def expected_density(cfg: dict, prepared: Path) -> float:
+    """The exact density of the configured model's masks on the data prepared in `prepared`: the
+    per-layer counts of `dst.distribution` over all maskable weights."""
+    from suptickets.models import build_model
+    from suptickets.sparsity.engine import maskable
+    from suptickets.sparsity.masks import layer_counts
+
+    summary = json.loads((prepared / "summary.json").read_text())
+    options = {k: v for k, v in cfg["model"].items() if k != "name"}
+    model = build_model(cfg["model"]["name"], tuple(summary["shape"]), summary["num_classes"], **options)
+    layers = maskable(model, cfg["dst"]["keep_first_dense"])
+    counts = layer_counts([tuple(m.weight.shape) for _, m in layers], cfg["dst"]["density"], cfg["dst"]["distribution"])
+    return sum(counts) / sum(m.weight.numel() for _, m in layers)
+
+
+def device_overrides(args) -> list[str]:
+    return [f"device={'cpu' if args.dry_run else 'cuda'}", "threads=1", "tracking.wandb.mode=disabled"]
+
+
+def parity(args, env: dict, report, deadline: float, beside: list[Job]) -> None:
+    """Each mode of plan.PARITY_MODES: the smoke DAG twice, then the checks; `beside` (the gain's
+    prepare runs) runs beside the first mode's."""
+    from suptickets.schedules import split_of
+
+    part = report.data["parity"] = {"status": "running", "preset": plan.SMOKE, "modes": {},
+                                    "not_run": plan.PARITY_NOT_AVAILABLE}
+    for k, mode in enumerate(plan.PARITY_MODES):
+        overrides = [f"experiment={plan.SMOKE}", *device_overrides(args), *(plan.DRY if args.dry_run else []),
+                     *args.data_root_override, *mode["overrides"]]
+        cfg = compose(plan.ROOT / "params", overrides)
+        runs = [Job(f"parity_{mode['mode']}_{r}", chain_cmd(overrides, plan.PARITY_CHAIN, importtime=r == "a"),
+                    args.work / f"parity_{mode['mode']}_{r}", plan.training_epochs(cfg, plan.PARITY_CHAIN))
+                for r in ("a", "b")]
+        result = part["modes"][mode["mode"]] = {"status": "running", "overrides": overrides, "runs": []}
+        report.write()
+        limit = time.time() + args.parity_s / len(plan.PARITY_MODES)
+        run_jobs([*runs, *(beside if k == 0 else [])], env, min(deadline, limit), report.log)
+        n_tickets = split_of(cfg)[2]
+        models = ["dense", "sparse_baseline", "warmup", *[f"ticket_{t:02d}" for t in range(1, n_tickets + 1)],
+                  "superposed", "ticket_ensemble"]
+        result.update(parity_checks(runs, cfg, models, result))
+        report.log(f"parity {mode['mode']}: {result['status']}; differing files: "
+                   f"{', '.join(result['checks']['differing_files']) or 'none'}")
+    statuses = {m["status"] for m in part["modes"].values()}
+    part["status"] = statuses.pop() if len(statuses) == 1 else "failed"
+    for j in beside:
+        if j.status != "done":
+            report.log(f"{j.name}: {j.status}\n{j.error_tail()}")
+    report.write()
+
+
+def parity_checks(runs: list[Job], cfg: dict, models: list[str], result: dict) -> dict:
+    evals = {}
+    for r in runs:
+        rec = r.record()
+        path = r.cwd / "metrics/evaluate.json"
+        if r.status == "done" and path.is_file():
+            evals[r.name] = rec["evaluate"] = json.loads(path.read_text())
+        elif r.status != "done":
+            rec["error"] = r.error_tail()
+        result["runs"].append(rec)
+    ok = all(r.status == "done" for r in runs) and len(evals) == len(runs)
+    finished = [r for r in runs if r.name in evals]
+    expected = expected_density(cfg, finished[0].cwd / "data/prepared") if finished else None
+    hashes = [file_hashes(r.cwd) for r in runs]
+    differing = sorted(k for k in set(hashes[0]) | set(hashes[1]) if hashes[0].get(k) != hashes[1].get(k))
+    densities = [v for e in evals.values() for v in e.get("density", {}).values()]
+    accs = [v for e in evals.values() for v in e.get("test_acc", {}).values()]
+    errs = "".join(read_text(r.err) for r in runs)
+    checks = {
+        "runs_ok": ok,
+        "evaluate_keys": ok and all(set(EVALUATE_KEYS) <= set(e) and set(models) == set(e["test_acc"])
+                                    for e in evals.values()),
+        "expected_density": expected,
+        "densities": sorted(set(densities)),
+        "densities_exact": ok and bool(densities) and all(abs(d - expected) < 1e-9 for d in densities),
+        "min_test_acc": min(accs) if accs else None,
+        "accuracies_sane": ok and bool(accs) and min(accs) > MIN_ACC,
+        "models_identical": ok and not any(k.startswith("models/") for k in differing),
+        "differing_files": differing,
+        "nondeterministic_ops": sorted(set(NONDETERMINISTIC.findall(errs))),
+        "missing_imports": sorted(imported_top_level(read_text(runs[0].err)) & set(NOT_ON_GPU_IMAGE)),
+    }
+    passed = all(checks[k] for k in ("runs_ok", "evaluate_keys", "densities_exact", "accuracies_sane",
+                                     "models_identical")) and not checks["missing_imports"]
+    status = "passed" if passed else ("timed out" if any(r.status == "timed_out" for r in runs) else "failed")
+    return {"status": status, "checks": checks}
+
+
+def throughput(args, env: dict, report, deadline: float) -> None:
+    raw = args.work / "throughput.json"
+    presets = plan.DRY_THROUGHPUT_PRESETS if args.dry_run else plan.THROUGHPUT_PRESETS
+    settings = ["--dry-run", "--threads", "1"] if args.dry_run else plan.THROUGHPUT_ARGS
+    job = Job("throughput", [sys.executable, str(ROOT / "benchmarks/gpu_throughput.py"), "--json", str(raw),
+                             "--experiment", *presets, "--lanes", *map(str, plan.THROUGHPUT_LANES), *settings],
+              args.work / "throughput")
+    part = report.data["throughput"] = {"status": "running", "command": " ".join(job.cmd[1:]),
+                                        "slot_s": args.throughput_s}
+    report.write()
+    run_jobs([job], env, min(deadline, time.time() + args.throughput_s), report.log)
+    part.update(job.record())
+    if job.status == "done" and raw.is_file():
+        measured = json.loads(raw.read_text())
+        part["results"] = measured.pop("results")
+        part["settings"] = measured
+        met = all(r["masked_over_dense"]["ratio"] >= 0.97 for r in part["results"])
+        part["status"] = "done" + ("" if args.dry_run else f"; masked/dense goal {'met' if met else 'not met'}")
+    else:
+        part["status"] = job.status
+        part["error"] = job.error_tail()
+        report.log(f"throughput {job.status}:\n{part['error']}")
+    report.write()
+
+
+def gain_base(args) -> list[str]:
+    return [f"experiment={plan.GAIN}", *device_overrides(args), *(plan.DRY_GAIN if args.dry_run else []),
+            *args.overrides, *args.data_root_override]
+
+
+def prepare_jobs(args) -> list[Job]:
+    """One prepare per seed (a seed's split is its own), run beside the parity runs."""
+    return [Job(f"prepare_s{s}", chain_cmd([*gain_base(args), f"seed={s}"], ["prepare"]),
+                args.work / "gain_data" / f"seed-{s}") for s in range(args.seeds)]
+
+
+def lanes_job(args, name: str, runs: list[dict], prepared: list[Job], epochs_per_run: int) -> Job:
+    """A stages/chain.py process whose lanes are `runs`; each lane's folder holds its seed's prepared
+    data (chain.py links into a lane folder only what it lacks), the job's folder lane 0's."""
+    folder = args.work / "gain" / name
+    for k, run in enumerate([runs[0], *runs]):
+        target = folder / (f"lane-{k - 1}" if k else ".") / "data/prepared"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to((prepared[run["seed"]].cwd / "data/prepared").resolve(), target_is_directory=True)
+    lanes = "+lanes=[" + ",".join(f'"{" ".join(r["overrides"])}"' for r in runs) + "]"
+    return Job(name, [*chain_cmd(gain_base(args), plan.GAIN_CHAIN), lanes], folder, epochs_per_run * len(runs))
+
+
+def gain(args, env: dict, report, deadline: float, prepared: list[Job]) -> None:
+    from suptickets.gains import row, summarize
+
+    cells = plan.gain_cells(args.densities, args.cosine)
+    runs = plan.gain_runs(cells, args.seeds)
+    cfg = compose(plan.ROOT / "params", gain_base(args))
+    epochs_per_run = plan.training_epochs(cfg, plan.GAIN_CHAIN)
+    part = report.data["gain"] = {
+        "status": "running", "preset": plan.GAIN, "cells": cells, "overrides": gain_base(args),
+        "epochs_per_run": epochs_per_run, "lanes_per_process": args.lanes, "processes_at_once": args.parallel,
+        "data": "each seed's own split (its validation carve-out); test = the official test split",
+        "runs": [], "processes": []}
+    if any(j.status != "done" for j in prepared):
+        part["status"] = "not run: preparing the data " + ", ".join(f"{j.name} {j.status}" for j in prepared)
+        part["error"] = next(j.error_tail() for j in prepared if j.status != "done")
+        report.write()
+        return
+    expected = {d: expected_density({**cfg, "dst": {**cfg["dst"], "density": d}}, prepared[0].cwd / "data/prepared")
+                for d in {c["density"] for c in cells}}
+    rate = None if args.dry_run else plan.FIGURES["epochs_per_s"][0]
+    part["rate_source"] = "none (dry run: every planned run starts)" if rate is None else plan.FIGURES["epochs_per_s"][2]
+    state = {r["name"]: {**r, "status": "pending"} for r in runs}
+    jobs: list[tuple[Job, list[dict]]] = []
+    evals: dict[str, Job] = {}  # run name -> its evaluate, once its process has trained it
+    started = time.time()
+
+    def update() -> None:
+        for job, members in jobs:
+            per_lane = job.lane_epochs()
+            for k, r in enumerate(members):
+                rec = state[r["name"]]
+                rec.update(process=job.name, lane=k, epochs_done=per_lane.get(k, 0), epochs_total=epochs_per_run)
+                metrics = job.cwd / f"lane-{k}/metrics/evaluate.json"
+                ev = evals.get(r["name"])
+                if job.status == "running" or (ev is not None and ev.status in ("pending", "running")):
+                    rec["status"] = "running" if job.status == "running" else "evaluating"
+                elif metrics.is_file():
+                    rec["status"], rec["evaluate"] = "done", json.loads(metrics.read_text())
+                    rec["row"] = row(rec["evaluate"])
+                    rec["densities_exact"] = all(abs(v - expected[r["density"]]) < 1e-9
+                                                 for v in rec["evaluate"]["density"].values())
+                else:
+                    failed = ev if ev is not None and ev.status != "done" else job
+                    rec["status"] = {"done": "failed"}.get(failed.status, failed.status)
+                    rec["error"] = failed.error_tail(5)
+        part["runs"] = list(state.values())
+        part["processes"] = [{**job.record(), "lanes": len(members),
+                              "epochs_per_s": (round(len(job.epoch_times) / job.seconds, 3) if job.seconds else None)}
+                             for job, members in jobs]
+        part["summary"] = {}
+        for c in cells:
+            rows = [r["row"] for r in part["runs"] if r["cell"] == c["cell"] and "row" in r]
+            if rows:
+                part["summary"][c["cell"]] = {"n": len(rows), **summarize(rows)}
+        epochs = sum(r.get("epochs_done", 0) for r in part["runs"])
+        part["epochs_per_s_all_lanes"] = round(epochs / max(time.time() - started, 1e-9), 3)
+        report.write()
+
+    pending = list(runs)
+    while pending or any(j.status == "running" for j in [*(j for j, _ in jobs), *evals.values()]):
+        now = time.time()
+        changed = False
+        for job, members in jobs:
+            if job.poll(now):
+                changed = True
+                report.log(f"{job.name}: {job.status} after {job.seconds} s ({len(members)} lanes)")
+                if job.status == "done" and job.seconds:
+                    rate = len(job.epoch_times) / job.seconds  # this machine's measured rate from here on
+                    part["rate_source"] = f"measured here: {job.name}, {rate:.3f} epochs/s in all"
+                    for k, r in enumerate(members):
+                        evals[r["name"]] = Job(f"{r['name']}_evaluate", chain_cmd([*gain_base(args), *r["overrides"]],
+                                                                                   plan.EVAL_CHAIN), job.cwd / f"lane-{k}")
+                        evals[r["name"]].start(env)
+        for name, ev in evals.items():
+            if ev.poll(now):
+                changed = True
+                if ev.status != "done":
+                    report.log(f"{ev.name}: {ev.status}\n{ev.error_tail()}")
+        running = [j for j, _ in jobs if j.status == "running"]
+        if pending and len(running) < args.parallel and now < deadline:
+            n = plan.lanes_to_start(pending, args.lanes, deadline - now, epochs_per_run, rate, first=not jobs)
+            if n == 0:
+                for r in pending:
+                    state[r["name"]].update(status="not started", note="predicted not to end within the budget")
+                report.log(f"gain: {len(pending)} runs not started: predicted not to end within the budget")
+                pending = []
+            else:
+                members, pending = pending[:n], pending[n:]
+                job = lanes_job(args, f"part-{len(jobs)}", members, prepared, epochs_per_run)
+                job.start(env)
+                jobs.append((job, members))
+                report.log(f"{job.name}: started, {n} lanes: {', '.join(r['name'] for r in members)}")
+            changed = True
+        if now > deadline:
+            for ev in evals.values():
+                ev.stop("cut", "still running at the end of the budget")
+            for j in running:
+                j.stop("cut", "still running at the end of the budget")
+                pace = seconds_per_epoch(j.epoch_times)
+                report.log(f"{j.name}: cut at the deadline ({len(j.epoch_times)}/{j.epochs_total} epochs"
+                           + (f"; an epoch line every {pace:.1f} s at the end)" if pace else ")"))
+            for r in pending:
+                state[r["name"]].update(status="not started", note="no time left in the budget")
+            pending, changed = [], True
+        if changed:
+            update()
+        time.sleep(0.5)
+    update()
+    n_done = sum(r["status"] == "done" for r in part["runs"])
+    part["status"] = f"{n_done} of {len(runs)} planned runs finished"
+    report.write()
