@@ -29,6 +29,7 @@ from suptickets.environment import apply_defaults  # noqa: E402
 
 apply_defaults()  # OpenMP's wait policy, MKL's CNR mode (unless set): read when torch loads, so first
 
+import hydra  # noqa: E402
 import torch.distributed  # noqa: E402
 import yaml  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -324,6 +325,18 @@ def launch(main: Callable[[], None], extra_keys: tuple[str, ...] = ()) -> None:
     sys.argv += [a for a in HYDRA_DEFAULTS if a.split("=")[0] not in given
                  and not (multirun and a.startswith("hydra.output_subdir"))]
     main()
+
+
+def main_of(name: str, body: Callable[[Stage], None]) -> None:
+    """A stage script's entry point: `body` as stage `name` under Hydra (params/ composed, or the
+    root params.yaml with DVC's `-cp .. -cn params`), through `launch` and `stage`."""
+    def main(cfg: DictConfig) -> None:
+        stage(name, body, cfg)
+
+    # Hydra finds the config beside the file defining the function, as for a script's own main
+    # (a function of an imported module would make it look for a Python package of configs)
+    main.__module__ = "__main__"
+    launch(hydra.main(version_base="1.3", config_path="../params", config_name="params")(main))
 
 
 def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:

@@ -1,8 +1,6 @@
 """dense: the dense baseline, trained for the whole epoch budget."""
 
-import hydra
-from _stage import Stage, launch, stage
-from omegaconf import DictConfig
+from _stage import Stage, main_of
 
 from suptickets import phases, runtime
 
@@ -23,10 +21,5 @@ def run(s: Stage) -> None:
     s.done()
 
 
-@hydra.main(version_base="1.3", config_path="../params", config_name="params")
-def main(cfg: DictConfig) -> None:
-    stage("dense", run, cfg)
-
-
 if __name__ == "__main__":
-    launch(main)
+    main_of("dense", run)

@@ -4,9 +4,7 @@ density, the tickets' ensemble (averaged softmax), and the gains of the superpos
 in metrics/summary.json and the W&B run's summary."""
 
 import pandas as pd
-import hydra
-from _stage import Stage, launch, log, stage
-from omegaconf import DictConfig
+from _stage import Stage, log, main_of
 
 from suptickets import comparison, runtime
 from suptickets.artifacts import model_files, write_json
@@ -73,10 +71,5 @@ def run(s: Stage) -> None:
                  f"({gain:+.2f} pts) at density {metrics['density']['superposed']:.3f}")
 
 
-@hydra.main(version_base="1.3", config_path="../params", config_name="params")
-def main(cfg: DictConfig) -> None:
-    stage("evaluate", run, cfg)
-
-
 if __name__ == "__main__":
-    launch(main)
+    main_of("evaluate", run)

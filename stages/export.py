@@ -12,9 +12,7 @@ import os
 from contextlib import ExitStack
 from pathlib import Path
 
-import hydra
-from _stage import Stage, launch, log, stage
-from omegaconf import DictConfig
+from _stage import Stage, log, main_of
 
 from suptickets import runtime, sparse
 from suptickets.artifacts import atomic_path
@@ -78,10 +76,5 @@ def run(s: Stage) -> None:
                  f"same predictions on the test split")
 
 
-@hydra.main(version_base="1.3", config_path="../params", config_name="params")
-def main(cfg: DictConfig) -> None:
-    stage("export", run, cfg)
-
-
 if __name__ == "__main__":
-    launch(main)
+    main_of("export", run)

@@ -12,15 +12,13 @@ is also measured with its BatchNorm statistics recomputed: how much of a dip Bat
 from pathlib import Path
 
 import pandas as pd
-import hydra
-from _stage import Stage, launch, log, stage
-from omegaconf import DictConfig
+from _stage import Stage, log, main_of
 
-from suptickets import landscape, runtime
+from suptickets import landscape
 from suptickets.figures import plot_landscape, short_name
 from suptickets.schemas import validate_landscape
 from suptickets.sparsity.masks import densities
-from suptickets.superpose import load_state, read_like_t0, read_t0
+from suptickets.superpose import load_state, read_like_t0, starting_point
 from suptickets.train import evaluate
 
 FIGURE = Path("plots/landscape.png")
@@ -28,11 +26,7 @@ FIGURE = Path("plots/landscape.png")
 
 def run(s: Stage) -> None:
     cfg, sp = s.cfg, s.cfg["superpose"]
-    device = runtime.setup(cfg["threads"], cfg["device"])
-    data, summary = runtime.load_batches("data/prepared", cfg, device)
-    bn_batches = data["train"].plain()
-    model = runtime.new_model(cfg, summary, device)
-    t0, ticket_files, counts = read_t0(model)
+    data, bn_batches, model, t0, ticket_files, counts = starting_point(cfg)
     keys = list(t0[1])
     superposed = read_like_t0("models/superposed.safetensors", model, keys)
 
@@ -85,10 +79,5 @@ def run(s: Stage) -> None:
              f"{lines[worst]['barrier']:.4f} on {worst}")
 
 
-@hydra.main(version_base="1.3", config_path="../params", config_name="params")
-def main(cfg: DictConfig) -> None:
-    stage("landscape", run, cfg)
-
-
 if __name__ == "__main__":
-    launch(main)
+    main_of("landscape", run)

@@ -6,10 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-import hydra
 import pandas as pd
-from _stage import Stage, declared_settings, launch, log, stage
-from omegaconf import DictConfig
+from _stage import Stage, declared_settings, log, main_of
 
 from suptickets.artifacts import write_json, write_text
 from suptickets.choices import FOLDER_DATASETS
@@ -76,10 +74,5 @@ def run(s: Stage) -> None:
     finish(s, summary, shape)
 
 
-@hydra.main(version_base="1.3", config_path="../params", config_name="params")
-def main(cfg: DictConfig) -> None:
-    stage("prepare", run, cfg)
-
-
 if __name__ == "__main__":
-    launch(main)
+    main_of("prepare", run)

@@ -8,9 +8,7 @@ import json
 import os
 from pathlib import Path
 
-import hydra
-from _stage import Stage, in_temporary_copy, launch, log, stage
-from omegaconf import DictConfig
+from _stage import Stage, in_temporary_copy, log, main_of
 
 from suptickets import dvcfiles, report
 from suptickets.artifacts import file_md5, load_tensors, model_files, read_json, state_from_file, write_text
@@ -131,10 +129,5 @@ def run(s: Stage) -> None:
     log.info(f"report: {report.verdict(evaluate, cfg['seed'])}")
 
 
-@hydra.main(version_base="1.3", config_path="../params", config_name="params")
-def main(cfg: DictConfig) -> None:
-    stage("report", run, cfg)
-
-
 if __name__ == "__main__":
-    launch(main)
+    main_of("report", run)

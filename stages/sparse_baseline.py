@@ -1,9 +1,7 @@
 """sparse_baseline: the DST method alone for the whole epoch budget (the fair comparison)."""
 
-import hydra
-from _stage import Stage, launch, stage
+from _stage import Stage, main_of
 from _training import train_sparse, write_outputs
-from omegaconf import DictConfig
 
 
 def run(s: Stage) -> None:
@@ -11,10 +9,5 @@ def run(s: Stage) -> None:
     write_outputs(s, model, "models/sparse_baseline.safetensors", metrics)
 
 
-@hydra.main(version_base="1.3", config_path="../params", config_name="params")
-def main(cfg: DictConfig) -> None:
-    stage("sparse_baseline", run, cfg)
-
-
 if __name__ == "__main__":
-    launch(main)
+    main_of("sparse_baseline", run)

@@ -4,25 +4,19 @@ BatchNorm statistics; writes models/superposed.safetensors."""
 import itertools
 
 import pandas as pd
-import hydra
-from _stage import Stage, launch, log, stage
-from omegaconf import DictConfig
+from _stage import Stage, log, main_of
 
 from suptickets import runtime
 from suptickets.artifacts import write_text
 from suptickets.sparsity.engine import masks_of
 from suptickets.sparsity.masks import densities
-from suptickets.superpose import load_state, read_like_t0, read_t0, superpose_steps
+from suptickets.superpose import load_state, read_like_t0, starting_point, superpose_steps
 from suptickets.train import evaluate
 
 
 def run(s: Stage) -> None:
     cfg, sp = s.cfg, s.cfg["superpose"]
-    device = runtime.setup(cfg["threads"], cfg["device"])
-    data, summary = runtime.load_batches("data/prepared", cfg, device)
-    bn_batches = data["train"].plain()
-    model = runtime.new_model(cfg, summary, device)
-    (state0, masks0), tickets, counts = read_t0(model)
+    data, bn_batches, model, (state0, masks0), tickets, counts = starting_point(cfg)
     keys = list(masks0)
     states = itertools.chain([state0], (read_like_t0(f, model, keys)[0] for f in tickets))
     rows = []
@@ -46,10 +40,5 @@ def run(s: Stage) -> None:
           f"at density {rows[-1]['density']:.4f}")
 
 
-@hydra.main(version_base="1.3", config_path="../params", config_name="params")
-def main(cfg: DictConfig) -> None:
-    stage("superpose", run, cfg)
-
-
 if __name__ == "__main__":
-    launch(main)
+    main_of("superpose", run)

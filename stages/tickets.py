@@ -4,9 +4,7 @@ and ends in a cheap ticket, models/tickets/ticket_KK.safetensors."""
 import shutil
 from pathlib import Path
 
-import hydra
-from _stage import Stage, launch, stage
-from omegaconf import DictConfig
+from _stage import Stage, main_of
 
 from suptickets import phases, runtime
 from suptickets.artifacts import load_tensors, state_from_file
@@ -71,10 +69,5 @@ def run(s: Stage) -> None:
     s.done(flops.ratio)
 
 
-@hydra.main(version_base="1.3", config_path="../params", config_name="params")
-def main(cfg: DictConfig) -> None:
-    stage("tickets", run, cfg)
-
-
 if __name__ == "__main__":
-    launch(main)
+    main_of("tickets", run)

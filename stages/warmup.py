@@ -1,9 +1,7 @@
 """warmup: the DST method for the first E - C epochs; leaves T0 and what `tickets` needs to go on."""
 
-import hydra
-from _stage import Stage, launch, stage
+from _stage import Stage, main_of
 from _training import train_sparse, write_outputs
-from omegaconf import DictConfig
 
 from suptickets import runtime
 from suptickets.schedules import split_of
@@ -17,10 +15,5 @@ def run(s: Stage) -> None:
     write_outputs(s, model, "models/warmup.safetensors", metrics)
 
 
-@hydra.main(version_base="1.3", config_path="../params", config_name="params")
-def main(cfg: DictConfig) -> None:
-    stage("warmup", run, cfg)
-
-
 if __name__ == "__main__":
-    launch(main)
+    main_of("warmup", run)

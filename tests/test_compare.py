@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, env_for, run
-from test_report import read_wandb_records
+from test_tracking import read_wandb_records
 from suptickets.comparison import percent, summary
 
 pytestmark = pytest.mark.e2e

@@ -527,12 +527,36 @@ def test_augment_matches_generator_draws():
         assert torch.equal(out[i], crop)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_augment_cuda_matches_cpu():
-    x = batch()
-    cpu = batches.augment(x, torch.Generator().manual_seed(0), 4, True)
-    gpu = batches.augment(x.cuda(), torch.Generator().manual_seed(0), 4, True)
-    assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
-    norm = batches.normalize(x.cuda(), [0.5] * 3, [0.25] * 3)
-    assert norm.device.type == "cuda"
-    assert torch.allclose(norm.cpu(), batches.normalize(x, [0.5] * 3, [0.25] * 3))
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_training_batches_crop_and_flip_with_the_epochs_generator_on_the_datas_device(device):
+    """A training epoch's batches, as the stages build them on the data's device: the order and every
+    batch's crop offsets and flips come from the epoch's generator on that device
+    (`epoch_generator(seed, epoch, device)`: on CUDA a CUDA generator, whose numbers differ from a CPU
+    generator's), drawn order first, then batch by batch rows, columns, flips; checked against crops and
+    flips made by hand."""
+    x, seed, epoch, p, size = batch(n=8).to(device), 3, 2, 4, 4
+    data = batches.Batches(x, torch.arange(8, device=device), [0.5] * 3, [0.25] * 3, batch_size=size,
+                           shuffle=True, drop_last=True, seed=seed, padding=p, flip=True)
+    built = data.epoch_batches(epoch)
+    assert built.x.device.type == device
+
+    g = batches.epoch_generator(seed, epoch, device)
+    assert g.device.type == device
+    order = torch.randperm(8, generator=g, device=device)
+    padded = torch.nn.functional.pad(x.float(), (p, p, p, p)).to(torch.uint8)
+    h, w = x.shape[2:]
+    for i in range(2):
+        oy, ox = (torch.randint(0, 2 * p + 1, (size, 1), generator=g, device=device) for _ in range(2))
+        flipped = torch.rand((size, 1), generator=g, device=device) < 0.5
+        for j in range(size):
+            k = int(order[i * size + j])
+            crop = padded[k, :, int(oy[j]):int(oy[j]) + h, int(ox[j]):int(ox[j]) + w]
+            expected = torch.flip(crop, dims=[2]) if bool(flipped[j]) else crop
+            assert torch.equal(built.x[i, j], expected), (i, j)
+            assert int(built.y[i, j]) == k
+        xb, _ = built.batch(i)
+        assert xb.device.type == device and torch.allclose(
+            xb, batches.normalize(built.x[i], [0.5] * 3, [0.25] * 3))

@@ -175,7 +175,7 @@ def test_the_figure_is_a_png_drawn_byte_identical_twice(tmp_path):
 
 def test_the_wandb_run_holds_the_curves_against_alpha_and_the_points(tmp_path):
     import wandb
-    from test_report import read_wandb_records
+    from test_tracking import read_wandb_records
 
     lines, ends = curves()
     figure = plot_landscape(lines, ends, tmp_path / "landscape.png")
@@ -268,7 +268,7 @@ def test_the_smoke_runs_curves_end_at_the_evaluated_accuracies(smoke_repo):
     assert (smoke_repo / "plots/landscape.png").stat().st_size > 20_000
     summary = (smoke_repo / "reports/summary.md").read_text()
     assert "](../plots/landscape.png)" in summary and "`dvc repro landscape`" in summary
-    from test_report import read_wandb_records
+    from test_tracking import read_wandb_records
 
     runs = [read_wandb_records(next(r.glob("*.wandb"))) for r in (smoke_repo / "wandb").glob("offline-run-*")]
     [records] = [rec for rec in runs if next(x.run.job_type for x in rec if x.HasField("run")) == "landscape"]

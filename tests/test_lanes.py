@@ -148,7 +148,7 @@ def test_a_diverging_lane_stops_alone_with_its_one_line_error(tmp_path):
 
 
 def test_each_lane_has_its_own_wandb_runs_named_by_its_overrides(tmp_path):
-    from test_report import read_wandb_records
+    from test_tracking import read_wandb_records
 
     proc = run_stage(tmp_path, "chain", "+chain=[prepare,dense]", lanes_arg("seed=1", "seed=2"), "hydra.run.dir=job",
                      env={"WANDB_MODE": "offline"})

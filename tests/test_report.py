@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from suptickets import report
 from suptickets.artifacts import load_tensors, model_tensors, save_tensors, state_from_file, write_json
 from suptickets.schedules import multistep_lr, triangular_lr
 from suptickets.sparsity.masks import jaccard
+from test_tracking import read_wandb_records
 
 SPE = 5  # steps per epoch of the tiny run
 CFG = {
@@ -191,37 +191,7 @@ def test_verdict_says_plainly_when_superposition_did_not_help():
 
 
 # ----------------------------------------------------------------------------------------------
-# W&B: write an offline run the way the stage does, read the transaction log back
-
-
-def read_wandb_records(path: Path) -> list:
-    """The records of a .wandb transaction log, decoded with wandb's own protobuf classes.
-
-    The file is a 7-byte header (":W&B", magic 0xBEE1, version) and LevelDB-log framing: 32 KiB
-    blocks of chunks, each [crc32 u32][length u16][type u8][payload], type 1 = whole record,
-    2/3/4 = first/middle/last piece; a block tail under 7 bytes is padding."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    ident, magic, _version = struct.unpack("<4sHB", data[:7])
-    assert (ident, magic) == (b":W&B", 0xBEE1), "not a W&B transaction log"
-    block, pos, pieces, records = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:
-            pos += block - pos % block
-            continue
-        crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        payload = data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind == 0 and length == 0:
-            continue
-        assert zlib.crc32(bytes([kind]) + payload) & 0xFFFFFFFF == crc, "corrupt chunk"
-        pieces = payload if kind in (1, 2) else pieces + payload
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(pieces)
-            records.append(record)
-    return records
+# W&B: write an offline run the way the stage does, read the transaction log back (test_tracking)
 
 
 def test_wandb_offline_run_holds_the_table_images_summary_and_model_references(figures, run_dir, tmp_path):
@@ -274,24 +244,6 @@ def test_wandb_offline_run_holds_the_table_images_summary_and_model_references(f
     [entry] = art.manifest.contents
     assert entry.ref == "file://" + str((run_dir / "models/superposed.safetensors").resolve())
     assert not list(run_dir_wb.rglob("*.safetensors")), "weights are referenced, never copied into the run"
-
-
-def test_run_names_carry_the_overrides_against_the_preset():
-    from suptickets.tracking import overrides, run_name
-
-    base = {"name": "smoke", "seed": 0, "train": {"lr": 0.1, "milestones": [0.5, 0.75]},
-            "tracking": {"wandb": {"mode": "offline"}}}
-    cfg = {"name": "smoke", "seed": 3, "train": {"lr": 0.1, "milestones": [0.3]}, "dst": {"density": 0.02},
-           "tracking": {"wandb": {"mode": "online", "api_key": "x"}}}
-    changed = overrides(cfg, base)
-    assert changed == ["seed=3", "train.milestones=[0.3]", "dst.density=0.02"]
-    assert overrides(base, base) == []
-    given = ["seed=3", "+chain=[warmup]", "hydra.sweep.dir=x", "experiment=smoke", "tickets.lr_max=0.05"]
-    assert overrides(cfg, base, given) == ["seed=3", "tickets.lr_max=0.05", "train.milestones=[0.3]",
-                                           "dst.density=0.02"]
-    assert run_name("tickets", "smoke", changed) == "smoke seed=3 train.milestones=[0.3] dst.density=0.02 · tickets"
-    long = run_name("evaluate", "smoke", [f"k{i}=v" for i in range(100)])
-    assert len(long) == 128 and long.endswith("… · evaluate")
 
 
 def test_model_references_name_the_dvc_remote_copy_beside_the_local_file(run_dir, tmp_path):

@@ -11,7 +11,7 @@ import yaml
 from conftest import ROOT, make_repo, run
 from suptickets.dvcfiles import chain_inputs, stages, upstream
 from suptickets.sweep import link_inputs
-from test_report import read_wandb_records
+from test_tracking import read_wandb_records
 
 STAGES = stages(ROOT)
 

@@ -22,6 +22,7 @@ from suptickets.artifacts import model_files
 from suptickets.choices import REPRUNE_MODES, SCOPES, SUPERPOSE_METHODS as METHODS
 from suptickets.comparison import is_ticket
 from suptickets.errors import BadModelFile, MissingInput
+from suptickets import runtime
 from suptickets.runtime import read_model_file
 from suptickets.sparsity.engine import attach_masks
 from suptickets.sparsity.masks import global_topk_masks, topk_mask
@@ -144,6 +145,16 @@ def read_t0(model: nn.Module) -> tuple[tuple[State, dict[str, Tensor]], list[Pat
         raise MissingInput("models/tickets: no ticket_*.safetensors; run the tickets stage first")
     t0 = read_model_file("models/warmup.safetensors", model)
     return t0, tickets, [int(m.sum()) for m in t0[1].values()]
+
+
+def starting_point(cfg: dict) -> tuple:
+    """What the superpose and landscape stages start from, on the configured device: the prepared
+    splits, the training split in order (BatchNorm recomputation), a fresh model of the configured
+    architecture, and `read_t0`'s T0 (state, masks), ticket files and budget."""
+    device = runtime.setup(cfg["threads"], cfg["device"])
+    data, summary = runtime.load_batches("data/prepared", cfg, device)
+    model = runtime.new_model(cfg, summary, device)
+    return (data, data["train"].plain(), model, *read_t0(model))
 
 
 def read_like_t0(path: str | Path, model: nn.Module, masked_keys: Sequence[str]) -> tuple[State, dict[str, Tensor]]:
