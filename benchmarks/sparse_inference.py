@@ -1,11 +1,11 @@
-"""Exported sparse models (`suptickets.sparse`) against the masked dense model: file size and CPU
+"""Exported sparse models (`suptickets.csr`) against the masked dense model: file size and CPU
 inference latency, measured side by side in one run.
 
 Cases: the default MLP 784-300-100-10 (BatchNorm) at density 0.05 and 0.02, a wider MLP
 784-1000-1000-10 at 0.05, and ResNet-32 on CIFAR-shaped input (3x32x32) at 0.05. The models are
 randomly initialised with random ERK masks of exact counts (`init_masks`) and random BatchNorm
 statistics: latency and size depend on the shapes and the masks' counts, not on training. Each is
-exported with `sparse.save` and timed three ways at each batch size, median of the repeats, each
+exported with `csr.save` and timed three ways at each batch size, median of the repeats, each
 model in a block of its own after warm-up runs, with a fixed thread count:
 
   dense   the masked model as trained (the bare nn.Module with BatchNorm, eval mode)
@@ -51,11 +51,11 @@ GOAL_SPEEDUP, GOAL_SMALLER = 2.0, 8.0  # MLPs at density 0.05
 
 def masked_model(arch: dict, density: float, seed: int = 0) -> torch.nn.Module:
     """`arch` with random weights, random ERK masks of exact counts and random BatchNorm statistics."""
-    from suptickets import sparse
+    from suptickets import csr
     from suptickets.sparsity.engine import init_masks
 
     torch.manual_seed(seed)
-    model = sparse.build(arch)
+    model = csr.build(arch)
     init_masks(model, density, "erk", False, torch.Generator().manual_seed(seed))
     g = torch.Generator().manual_seed(seed + 1)
     for m in model.modules():
@@ -67,37 +67,37 @@ def masked_model(arch: dict, density: float, seed: int = 0) -> torch.nn.Module:
 
 def unfold_vs_conv(model: torch.nn.Module, input_shape, batch: int, repeats: int) -> tuple[float, float]:
     """Seconds of F.unfold alone and of the dense convolution, summed over the conv layers at `batch`."""
-    from suptickets import sparse
+    from suptickets.csr import timing
 
     convs = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
-    shapes = sparse.input_shapes(model, convs, input_shape)
+    shapes = timing.input_shapes(model, convs, input_shape)
     unfold = conv = 0.0
     with torch.inference_mode():
         for name, shape in shapes.items():
             m, x = convs[name], torch.randn(batch, *shape)
-            u, c = sparse.medians([lambda: F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride),
+            u, c = timing.medians([lambda: F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride),
                                    lambda: F.conv2d(x, m.weight, None, m.stride, m.padding, m.dilation)], repeats)
             unfold, conv = unfold + u, conv + c
     return unfold, conv
 
 
 def run_case(name: str, arch: dict, density: float, batch_sizes, repeats: int, folder: Path) -> dict:
-    from suptickets import sparse
+    from suptickets import csr
 
     t0 = time.perf_counter()
     model = masked_model(arch, density)
     path = folder / f"{name}.sparse.safetensors"
-    layers = sparse.layer_stats(sparse.save(path, model, arch))
+    layers = csr.layer_stats(csr.save(path, model, arch))
     x = torch.randn(64, *arch["input_shape"])
-    chosen = sparse.load(path, kernel="auto", batch_sizes=batch_sizes, repeats=repeats)
-    folded = sparse.load(path, kernel="dense")
-    reference = sparse.outputs(model, [x])
-    max_diff = max(sparse.verify(reference, sparse.outputs(m, [x]), f"{name} {label}")
-                   for label, m in (("auto", chosen), ("folded", folded), ("csr", sparse.load(path, kernel="csr"))))
-    seconds = {b: sparse.latency({"dense": model, "folded": folded, "sparse": chosen}, arch["input_shape"], b, repeats)
+    chosen = csr.load(path, kernel="auto", batch_sizes=batch_sizes, repeats=repeats)
+    folded = csr.load(path, kernel="dense")
+    reference = csr.outputs(model, [x])
+    max_diff = max(csr.verify(reference, csr.outputs(m, [x]), f"{name} {label}")
+                   for label, m in (("auto", chosen), ("folded", folded), ("csr", csr.load(path, kernel="csr"))))
+    seconds = {b: csr.latency({"dense": model, "folded": folded, "sparse": chosen}, arch["input_shape"], b, repeats)
                for b in batch_sizes}
-    kernels = sparse.kernels(chosen)
-    out = {"arch": arch, "density": density, "dense_bytes": sparse.dense_bytes(model),
+    kernels = csr.kernels(chosen)
+    out = {"arch": arch, "density": density, "dense_bytes": csr.dense_bytes(model),
            "sparse_bytes": path.stat().st_size, "layers": len(layers),
            "latency_ms": {str(b): {k: 1e3 * v for k, v in t.items()} for b, t in seconds.items()},
            "speedup": {str(b): t["dense"] / t["sparse"] for b, t in seconds.items()},

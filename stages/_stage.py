@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 # This checkout's own package first: DVC's queued and temporary experiments run in a copy of the
 # repository, and must use the code of that copy, not whatever `pip install -e` points at.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from suptickets.environment import apply_defaults  # noqa: E402
+from suptickets.environment import apply_defaults, raise_keyboard_interrupt  # noqa: E402
 
 apply_defaults()  # OpenMP's wait policy, MKL's CNR mode (unless set): read when torch loads, so first
 
@@ -374,7 +374,7 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
     run = Run.start(stage=name, cfg=cfg, group=group_name(cfg), directory=root, mode=mode, rank=rank,
                     changed=changed, source=provenance() if rank == 0 and mode != "disabled" else None)
     if threading.current_thread() is threading.main_thread():  # (a lane is not: Python's rule for handlers)
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     clock = StageClock.start(name, cfg, Path(root)) if rank == 0 and os.environ.get("DVC_STAGE") else None
     this = Stage(name, cfg, run, rank=rank)
     try:
@@ -403,10 +403,6 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
         log.info(f"{name}: outputs in {folder}/")
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _fail(name: str, err: Exception) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from _stage import Stage, log, main_of
 
-from suptickets import runtime, sparse
+from suptickets import csr, runtime
 from suptickets.artifacts import atomic_path
 from suptickets.sparsity.engine import masks_of
 from suptickets.sparsity.masks import densities
@@ -28,27 +28,27 @@ def export(name: str, tmp: Path, arch: dict, test, ex: dict) -> tuple[dict, dict
     (deterministic facts, timings)."""
     source = Path(f"models/{name}.safetensors")
     target = Path(f"models/{name}.sparse.safetensors")
-    masked = runtime.load_model(source, sparse.build(arch)).eval()
-    layers = sparse.layer_stats(sparse.save(tmp, masked, arch))
-    chosen = sparse.load(tmp, kernel=ex["kernel"], batch_sizes=ex["batch_sizes"], repeats=ex["repeats"])
+    masked = runtime.load_model(source, csr.build(arch)).eval()
+    layers = csr.layer_stats(csr.save(tmp, masked, arch))
+    chosen = csr.load(tmp, kernel=ex["kernel"], batch_sizes=ex["batch_sizes"], repeats=ex["repeats"])
     checks = {ex["kernel"]: chosen}
     if ex["kernel"] != "csr":  # the verdict must not hang on which kernels the timing picked
-        checks["csr"] = sparse.load(tmp, kernel="csr")
-    reference = sparse.outputs(masked, (x for x, _ in test.epoch()))
-    diffs = {label: sparse.verify(reference, sparse.outputs(m, (x for x, _ in test.epoch())),
-                                  f"{target} ({label} kernels)")
+        checks["csr"] = csr.load(tmp, kernel="csr")
+    reference = csr.outputs(masked, (x for x, _ in test.epoch()))
+    diffs = {label: csr.verify(reference, csr.outputs(m, (x for x, _ in test.epoch())),
+                               f"{target} ({label} kernels)")
              for label, m in checks.items()}
     nnz, density = sum(v["nnz"] for v in layers.values()), densities(masks_of(masked))[0]
-    dense_bytes, sparse_bytes = sparse.dense_bytes(masked), tmp.stat().st_size
+    dense_bytes, sparse_bytes = csr.dense_bytes(masked), tmp.stat().st_size
     facts = {"dense_bytes": dense_bytes, "masked_file_bytes": source.stat().st_size, "sparse_bytes": sparse_bytes,
              "smaller": dense_bytes / sparse_bytes, "nnz": nnz, "density": density, "layers": layers,
              "test_samples": reference.shape[0], "verified_kernels": sorted(checks), "predictions_equal": True}
-    folded = sparse.load(tmp, kernel="dense")
-    seconds = {b: sparse.latency({"dense": masked, "folded_dense": folded, "sparse": chosen}, arch["input_shape"],
-                                 b, ex["repeats"]) for b in ex["batch_sizes"]}
+    folded = csr.load(tmp, kernel="dense")
+    seconds = {b: csr.latency({"dense": masked, "folded_dense": folded, "sparse": chosen}, arch["input_shape"],
+                              b, ex["repeats"]) for b in ex["batch_sizes"]}
     timing = {"latency_ms": {str(b): {k: 1e3 * v for k, v in t.items()} for b, t in seconds.items()},
               "speedup": {str(b): t["dense"] / t["sparse"] for b, t in seconds.items()},
-              "kernels": {layer: {str(b): k for b, k in ks.items()} for layer, ks in sparse.kernels(chosen).items()},
+              "kernels": {layer: {str(b): k for b, k in ks.items()} for layer, ks in csr.kernels(chosen).items()},
               "whole_model_ms": {str(b): {k: 1e3 * v for k, v in t.items()} for b, t in chosen.model_seconds.items()},
               "max_abs_logit_diff": diffs}
     return facts, timing
@@ -58,13 +58,13 @@ def run(s: Stage) -> None:
     cfg, ex = s.cfg, s.cfg["export"]
     device = runtime.setup(cfg["threads"], "cpu")  # the export is for CPU inference
     data, summary = runtime.load_batches("data/prepared", cfg, device)
-    arch = sparse.architecture(cfg["model"], summary)
+    arch = csr.architecture(cfg["model"], summary)
     facts, timings = {}, {}
     with ExitStack() as stack:  # every file is renamed into place only once all are verified
         for name in MODELS:
             tmp = stack.enter_context(atomic_path(f"models/{name}.sparse.safetensors"))
             facts[name], timings[name] = export(name, tmp, arch, data["test"], ex)
-    s.write_metrics({"kernel": ex["kernel"], "tolerance": sparse.TOLERANCE, "models": facts})
+    s.write_metrics({"kernel": ex["kernel"], "tolerance": csr.TOLERANCE, "models": facts})
     load = os.getloadavg()[0]
     s.write_metrics({"threads": cfg["threads"], "batch_sizes": ex["batch_sizes"], "repeats": ex["repeats"],
                      "load_average": load, "models": timings}, path=SPEED)

@@ -11,10 +11,11 @@ from _stage import Stage, declared_settings, log, main_of
 
 from suptickets.artifacts import write_json, write_text
 from suptickets.choices import FOLDER_DATASETS
-from suptickets.datasets import load_raw, prepare_splits
+from suptickets.datasets import load_raw
 from suptickets.imagefolder import MANIFEST, build_manifest, check_files, manifest_summary
 from suptickets.prepared import save_prepared, summarize
 from suptickets.schemas import validate_manifest, validate_summary, validate_tensors
+from suptickets.splits import prepare_splits
 
 OUT = Path("data/prepared")
 

@@ -31,16 +31,21 @@ def dvc_cache() -> Path:
     return Path(Config(dvc_dir=".dvc")["cache"].get("dir") or ".dvc/cache").resolve()
 
 
-def remote_object(md5: str) -> str | None:
-    """Where `make push` puts the file with this md5 in the default DVC remote (None without one):
-    what a colleague can fetch, checked by the md5 beside it. Read from the repository's own config
+def default_remote() -> str | None:
+    """The URL of the default DVC remote (None without one), read from the repository's own config
     (DVC_ROOT: a queued experiment's temporary copy would resolve a relative folder remote wrongly)."""
     from dvc.config import Config
 
     config = Config(dvc_dir=str(Path(os.environ.get("DVC_ROOT") or ".") / ".dvc"))
     name = config["core"].get("remote")
     url = config["remote"].get(name, {}).get("url") if name else None
-    return f"{str(url).rstrip('/')}/files/md5/{md5[:2]}/{md5[2:]}" if url else None
+    return str(url) if url else None
+
+
+def remote_object(remote: str | None, md5: str) -> str | None:
+    """Where `make push` puts the file with this md5 in `remote` (see `default_remote`; None without
+    one): what a colleague can fetch, checked by the md5 beside it."""
+    return f"{remote.rstrip('/')}/files/md5/{md5[:2]}/{md5[2:]}" if remote else None
 
 
 def cached_file(cache: Path, md5: str) -> Path:
@@ -110,7 +115,7 @@ def run(s: Stage) -> None:
     if wb is not None:
         lock = dvcfiles.lock()
         by_model = {r["model"]: r for r in rows}
-        cache = dvc_cache()
+        cache, remote = dvc_cache(), default_remote()
         temporary = in_temporary_copy()
         models = []
         for n, p in files.items():
@@ -121,7 +126,8 @@ def run(s: Stage) -> None:
                             f"away: no W&B reference for it")
                 continue
             models.append({"name": n, "path": ref, "file_name": p.name,
-                           "metadata": {**meta, "path": p.as_posix(), "dvc_remote_object": remote_object(meta["md5"]),
+                           "metadata": {**meta, "path": p.as_posix(),
+                                        "dvc_remote_object": remote_object(remote, meta["md5"]),
                                         "test_acc": by_model.get(n, {}).get("test_acc"),
                                         "density": by_model.get(n, {}).get("density")}})
         report.log_to_wandb(wb, rows, figures, final, models)

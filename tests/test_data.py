@@ -1,4 +1,4 @@
-"""Tests for the data modules: IDX and CIFAR readers and splits (datasets), summaries and files
+"""Tests for the data modules: IDX and CIFAR readers (datasets), splits (splits), summaries and files
 (prepared), normalisation and augmentation (batches)."""
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ import torch
 
 from conftest import write_idx
 from suptickets import batches, datasets, prepared
+from suptickets.choices import DATASETS
+from suptickets.datasets import fashion_mnist
 from suptickets.errors import DataError
+from suptickets.splits import SPLITS, Raw, prepare_splits, stratified_split, stratified_subset
 
-FASHION_DIR = Path(datasets.DEBIAN_FASHION_MNIST)
+FASHION_DIR = Path(fashion_mnist.DEBIAN_FASHION_MNIST)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,15 +92,15 @@ def test_read_idx_roundtrip(tmp_path, gz):
     images = np.random.default_rng(0).integers(0, 256, (7, 28, 28), dtype=np.uint8)
     labels = np.arange(7, dtype=np.uint8)
     suffix = ".gz" if gz else ""
-    x = datasets.read_idx(write_idx(tmp_path / f"img{suffix}", images, gz=gz), datasets.IDX_IMAGES_MAGIC)
-    y = datasets.read_idx(write_idx(tmp_path / f"lab{suffix}", labels, gz=gz), datasets.IDX_LABELS_MAGIC)
+    x = fashion_mnist.read_idx(write_idx(tmp_path / f"img{suffix}", images, gz=gz), fashion_mnist.IDX_IMAGES_MAGIC)
+    y = fashion_mnist.read_idx(write_idx(tmp_path / f"lab{suffix}", labels, gz=gz), fashion_mnist.IDX_LABELS_MAGIC)
     assert x.dtype == torch.uint8 and tuple(x.shape) == (7, 28, 28)
     assert torch.equal(x, torch.from_numpy(images))
     assert torch.equal(y, torch.from_numpy(labels))
 
 
 def test_read_idx_empty(tmp_path):
-    x = datasets.read_idx(write_idx(tmp_path / "empty", np.zeros((0, 28, 28), np.uint8)))
+    x = fashion_mnist.read_idx(write_idx(tmp_path / "empty", np.zeros((0, 28, 28), np.uint8)))
     assert tuple(x.shape) == (0, 28, 28)
 
 
@@ -136,7 +139,7 @@ def test_read_idx_errors(tmp_path, case, match):
         blob[len(blob) // 2:] = b"\xff" * (len(blob) - len(blob) // 2)
         path.write_bytes(bytes(blob))
     with pytest.raises(DataError, match=match) as info:
-        datasets.read_idx(path, datasets.IDX_IMAGES_MAGIC)
+        fashion_mnist.read_idx(path, fashion_mnist.IDX_IMAGES_MAGIC)
     assert name in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -186,13 +189,13 @@ def test_a_configured_root_is_the_only_place_looked_at(tmp_path):
     with pytest.raises(DataError, match="not found; searched") as info:
         datasets.load_raw("fashion_mnist", root=str(tmp_path / "empty"))
     assert str(tmp_path / "empty") in str(info.value)
-    assert datasets.DEBIAN_FASHION_MNIST not in str(info.value)
+    assert fashion_mnist.DEBIAN_FASHION_MNIST not in str(info.value)
 
 
 def test_unknown_dataset():
     with pytest.raises(DataError, match="data.name") as info:
         datasets.load_raw("mnist")
-    assert all(name in str(info.value) for name in datasets.DATASETS)
+    assert all(name in str(info.value) for name in DATASETS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,9 +280,9 @@ def test_load_cifar100_missing(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def fashion() -> datasets.Raw:
+def fashion() -> Raw:
     if not all((FASHION_DIR / f"{stem}.gz").is_file() or (FASHION_DIR / stem).is_file()
-               for stem in datasets.FASHION_MNIST_FILES.values()):
+               for stem in fashion_mnist.FASHION_MNIST_FILES.values()):
         pytest.skip(f"{FASHION_DIR} not installed")
     return datasets.load_raw("fashion_mnist")
 
@@ -294,7 +297,7 @@ def test_real_fashion_mnist(fashion):
 
 
 def test_real_fashion_prepare_and_summarize(fashion):
-    splits = datasets.prepare_splits(fashion, 0.1, seed=0, limit_train=2000, limit_test=500)
+    splits = prepare_splits(fashion, 0.1, seed=0, limit_train=2000, limit_test=500)
     assert {k: len(v[1]) for k, v in splits.items()} == {"train": 1800, "val": 200, "test": 500}
     summary = prepared.summarize(splits, fashion.classes)
     assert summary["shape"] == [1, 28, 28]
@@ -314,7 +317,7 @@ def labels_fixture() -> torch.Tensor:
 
 def test_stratified_split_sizes_and_partition():
     y = labels_fixture()
-    keep, held = datasets.stratified_split(y, 0.2, seed=3)
+    keep, held = stratified_split(y, 0.2, seed=3)
     assert keep.dtype == torch.int64 and held.dtype == torch.int64
     for c, n in enumerate([50, 30, 21, 7, 1]):
         assert int((y[held] == c).sum()) == round(n * 0.2)
@@ -326,42 +329,42 @@ def test_stratified_split_sizes_and_partition():
 
 def test_stratified_split_determinism():
     y = labels_fixture()
-    a = datasets.stratified_split(y, 0.25, seed=7)
-    b = datasets.stratified_split(y, 0.25, seed=7)
-    c = datasets.stratified_split(y, 0.25, seed=8)
+    a = stratified_split(y, 0.25, seed=7)
+    b = stratified_split(y, 0.25, seed=7)
+    c = stratified_split(y, 0.25, seed=8)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[1], c[1])
 
 
 def test_stratified_split_rejects_bad_fraction():
     with pytest.raises(ValueError):
-        datasets.stratified_split(torch.zeros(4, dtype=torch.int64), 1.5, 0)
+        stratified_split(torch.zeros(4, dtype=torch.int64), 1.5, 0)
 
 
 def test_stratified_subset_balanced():
     y = torch.arange(1000) % 10
-    idx = datasets.stratified_subset(y, 95, seed=0)
+    idx = stratified_subset(y, 95, seed=0)
     assert len(idx) == 95 and len(set(idx.tolist())) == 95
     assert torch.equal(idx, idx.sort().values)
     counts = torch.bincount(y[idx], minlength=10)
     assert int(counts.max() - counts.min()) <= 1
-    assert torch.equal(idx, datasets.stratified_subset(y, 95, seed=0))
-    assert not torch.equal(idx, datasets.stratified_subset(y, 95, seed=1))
-    assert torch.equal(datasets.stratified_subset(y, 5000, seed=0), torch.arange(1000))
+    assert torch.equal(idx, stratified_subset(y, 95, seed=0))
+    assert not torch.equal(idx, stratified_subset(y, 95, seed=1))
+    assert torch.equal(stratified_subset(y, 5000, seed=0), torch.arange(1000))
 
 
 def test_stratified_subset_small_class():
     y = labels_fixture()  # class sizes 50, 30, 21, 7, 1
-    idx = datasets.stratified_subset(y, 50, seed=0)
+    idx = stratified_subset(y, 50, seed=0)
     counts = torch.bincount(y[idx], minlength=5).tolist()
     assert sum(counts) == 50 and counts[4] == 1 and counts[3] == 7
     assert max(counts[:3]) - min(counts[:3]) <= 1
 
 
 def tiny_raw(n_train: int = 200, n_test: int = 40, channels: int = 3, size: int = 8,
-             k: int = 4) -> datasets.Raw:
+             k: int = 4) -> Raw:
     g = torch.Generator().manual_seed(0)
-    return datasets.Raw(
+    return Raw(
         train_x=torch.randint(0, 256, (n_train, channels, size, size), generator=g,
                               dtype=torch.uint8),
         train_y=torch.arange(n_train) % k,
@@ -374,21 +377,21 @@ def tiny_raw(n_train: int = 200, n_test: int = 40, channels: int = 3, size: int 
 
 def test_prepare_splits_limits():
     raw = tiny_raw()
-    splits = datasets.prepare_splits(raw, 0.25, seed=1, limit_train=80, limit_test=20)
-    assert [len(splits[s][1]) for s in datasets.SPLITS] == [60, 20, 20]
-    for s in datasets.SPLITS:
+    splits = prepare_splits(raw, 0.25, seed=1, limit_train=80, limit_test=20)
+    assert [len(splits[s][1]) for s in SPLITS] == [60, 20, 20]
+    for s in SPLITS:
         x, y = splits[s]
         assert x.dtype == torch.uint8 and y.dtype == torch.int64
         assert torch.bincount(y, minlength=4).tolist() == [len(y) // 4] * 4
-    again = datasets.prepare_splits(raw, 0.25, seed=1, limit_train=80, limit_test=20)
-    assert all(torch.equal(splits[s][0], again[s][0]) for s in datasets.SPLITS)
-    full = datasets.prepare_splits(raw, 0.25, seed=1)
-    assert [len(full[s][1]) for s in datasets.SPLITS] == [152, 48, 40]
+    again = prepare_splits(raw, 0.25, seed=1, limit_train=80, limit_test=20)
+    assert all(torch.equal(splits[s][0], again[s][0]) for s in SPLITS)
+    full = prepare_splits(raw, 0.25, seed=1)
+    assert [len(full[s][1]) for s in SPLITS] == [152, 48, 40]
 
 
 def test_summarize():
     raw = tiny_raw()
-    splits = datasets.prepare_splits(raw, 0.25, seed=0)
+    splits = prepare_splits(raw, 0.25, seed=0)
     summary = prepared.summarize(splits, raw.classes)
     train = splits["train"][0].double() / 255
     expected_mean = train.mean(dim=(0, 2, 3))
@@ -406,7 +409,7 @@ def test_summarize():
 
 def test_summary_tables():
     raw = tiny_raw()
-    summary = prepared.summarize(datasets.prepare_splits(raw, 0.25, seed=0), raw.classes)
+    summary = prepared.summarize(prepare_splits(raw, 0.25, seed=0), raw.classes)
     split_df, class_df = prepared.summary_tables(summary)
     assert list(split_df.columns) == ["split", "size", "channels", "height", "width", "mean",
                                       "std"]
@@ -421,21 +424,21 @@ def test_summary_tables():
 
 def test_save_load_prepared_roundtrip(tmp_path):
     raw = tiny_raw()
-    splits = datasets.prepare_splits(raw, 0.25, seed=0)
+    splits = prepare_splits(raw, 0.25, seed=0)
     summary = prepared.summarize(splits, raw.classes)
     prepared.save_prepared(tmp_path / "prepared", splits, summary)
     names = sorted(p.name for p in (tmp_path / "prepared").iterdir())
     assert names == ["summary.json", "test.safetensors", "train.safetensors", "val.safetensors"]
     loaded, loaded_summary = prepared.load_prepared(tmp_path / "prepared")
     assert loaded_summary == summary
-    for s in datasets.SPLITS:
+    for s in SPLITS:
         assert torch.equal(loaded[s][0], splits[s][0]) and loaded[s][0].dtype == torch.uint8
         assert torch.equal(loaded[s][1], splits[s][1]) and loaded[s][1].dtype == torch.int64
 
 
 def test_load_prepared_missing(tmp_path):
     raw = tiny_raw()
-    splits = datasets.prepare_splits(raw, 0.25, seed=0)
+    splits = prepare_splits(raw, 0.25, seed=0)
     prepared.save_prepared(tmp_path, splits, prepared.summarize(splits, raw.classes))
     (tmp_path / "val.safetensors").unlink()
     with pytest.raises(DataError, match="val.safetensors"):

@@ -120,7 +120,7 @@ def test_a_data_root_that_does_not_exist_creates_nothing_and_keeps_the_whole_rea
 
 
 def test_a_download_lands_in_the_data_root_only_when_it_succeeds(tmp_path, monkeypatch):
-    from suptickets.datasets import download_into
+    from suptickets.datasets.download import download_into
 
     monkeypatch.chdir(tmp_path)
     target = tmp_path / "elsewhere" / "root"

@@ -1,4 +1,4 @@
-"""Really sparse files (`suptickets.sparse`, the `export` stage): the CSR round trip, BatchNorm
+"""Really sparse files (`suptickets.csr`, the `export` stage): the CSR round trip, BatchNorm
 folding, the kernel choice, one-line errors for bad files, and what the smoke DAG's export wrote."""
 
 from __future__ import annotations
@@ -11,11 +11,15 @@ import torch
 from safetensors import safe_open
 
 from conftest import error_lines, ROOT, run
-from suptickets import runtime, sparse
+from suptickets import csr, runtime
 from suptickets.artifacts import load_tensors, save_tensors
 from suptickets.composition import compose
 from suptickets.batches import normalize
 from suptickets.config import check
+from suptickets.csr import timing
+from suptickets.csr.bn_fold import fold_batchnorm
+from suptickets.csr.layers import sparse_layers
+from suptickets.errors import SparseFileError, VerificationFailed
 from suptickets.prepared import load_prepared
 from suptickets.sparsity.engine import attach_masks, init_masks, masks_of
 
@@ -40,7 +44,7 @@ def _random_bn(model: torch.nn.Module, seed: int) -> None:
 def mlp() -> torch.nn.Module:
     """A small masked MLP: net.1 at ~30% with an empty row, net.4 fully dense, net.7 at ~50%."""
     torch.manual_seed(0)
-    model = sparse.build(ARCH)
+    model = csr.build(ARCH)
     g = torch.Generator().manual_seed(1)
     first = torch.rand(12, 16, generator=g) < 0.3
     first[EMPTY_ROW] = False
@@ -56,8 +60,8 @@ def _inputs(shape, n=32, seed=3) -> torch.Tensor:
 
 def test_csr_round_trip_keeps_every_weight_an_empty_row_and_a_fully_dense_layer(mlp, tmp_path):
     path = tmp_path / "m.sparse.safetensors"
-    state = sparse.save(path, mlp, ARCH)
-    folded = sparse.fold_batchnorm(mlp).state_dict()
+    state = csr.save(path, mlp, ARCH)
+    folded = fold_batchnorm(mlp).state_dict()
     assert not any(k.startswith(("net.2.", "net.5.")) for k in state), "the BatchNorm tensors are folded away"
     assert set(state) >= {"net.1.bias", "net.4.bias", "net.7.bias"}
     for key, mask in masks_of(mlp).items():
@@ -69,61 +73,61 @@ def test_csr_round_trip_keeps_every_weight_an_empty_row_and_a_fully_dense_layer(
         assert torch.equal(rebuilt, folded[key]) and torch.equal(rebuilt != 0, mask.bool() & (folded[key] != 0))
     crow = state["net.1.weight.crow_indices"]
     assert crow[EMPTY_ROW] == crow[EMPTY_ROW + 1]
-    stats = sparse.layer_stats(state)
+    stats = csr.layer_stats(state)
     assert stats["net.4.weight"] == {"shape": [6, 12], "nnz": 72, "density": 1.0}
     x = _inputs(ARCH["input_shape"])
-    reference = sparse.outputs(mlp, [x])
+    reference = csr.outputs(mlp, [x])
     for kernel in ("csr", "dense"):
-        loaded = sparse.load(path, kernel=kernel, batch_sizes=[1, 32])
-        assert all(k == {1: kernel, 32: kernel} for k in sparse.kernels(loaded).values())
-        logits = sparse.outputs(loaded, [x])
-        assert sparse.verify(reference, logits, kernel) <= 1e-5
-        assert (sparse.outputs(loaded, [x[:1]]) - logits[:1]).abs().max() <= 1e-5  # the batch-1 path
-    sparse.save(tmp_path / "again.safetensors", mlp, ARCH)
+        loaded = csr.load(path, kernel=kernel, batch_sizes=[1, 32])
+        assert all(k == {1: kernel, 32: kernel} for k in csr.kernels(loaded).values())
+        logits = csr.outputs(loaded, [x])
+        assert csr.verify(reference, logits, kernel) <= 1e-5
+        assert (csr.outputs(loaded, [x[:1]]) - logits[:1]).abs().max() <= 1e-5  # the batch-1 path
+    csr.save(tmp_path / "again.safetensors", mlp, ARCH)
     assert (tmp_path / "again.safetensors").read_bytes() == path.read_bytes(), "same model, same bytes"
 
 
 def test_an_empty_layer_leaves_its_bias_alone(mlp, tmp_path):
     """Global re-pruning can empty a layer (README, Choices): zero values, offsets all 0."""
     attach_masks(mlp, {"net.7.weight": torch.zeros(3, 6, dtype=torch.bool)})
-    state = sparse.save(tmp_path / "e.safetensors", mlp, ARCH)
+    state = csr.save(tmp_path / "e.safetensors", mlp, ARCH)
     assert state["net.7.weight.values"].numel() == 0 and not state["net.7.weight.crow_indices"].any()
     x = _inputs(ARCH["input_shape"])
-    assert sparse.verify(sparse.outputs(mlp, [x]), sparse.outputs(sparse.load(tmp_path / "e.safetensors", "csr"), [x]),
-                         "empty") == 0.0
+    assert csr.verify(csr.outputs(mlp, [x]), csr.outputs(csr.load(tmp_path / "e.safetensors", "csr"), [x]),
+                      "empty") == 0.0
 
 
 def test_convolutions_round_trip_through_unfold_and_folded_batchnorm2d(tmp_path):
     arch = {"name": "resnet32", "options": {}, "input_shape": [3, 8, 8], "num_classes": 10}
     torch.manual_seed(0)
-    model = sparse.build(arch)
+    model = csr.build(arch)
     init_masks(model, 0.1, "erk", False, torch.Generator().manual_seed(0))
     _random_bn(model, 1)
     model.eval()
     path = tmp_path / "r.sparse.safetensors"
-    state = sparse.save(path, model, arch)
+    state = csr.save(path, model, arch)
     assert state["layer2.0.shortcut.0.weight.shape"].tolist() == [32, 16, 1, 1]
     assert not any(".bn" in k or "shortcut.1." in k for k in state)
     x = _inputs(arch["input_shape"], n=4)
-    reference = sparse.outputs(model, [x])
+    reference = csr.outputs(model, [x])
     for kernel in ("csr", "dense"):
-        assert sparse.verify(reference, sparse.outputs(sparse.load(path, kernel=kernel), [x]), kernel) <= 1e-4
+        assert csr.verify(reference, csr.outputs(csr.load(path, kernel=kernel), [x]), kernel) <= 1e-4
 
 
 def test_each_batch_size_uses_the_kernel_chosen_for_the_nearest_measured_one(mlp, tmp_path):
-    sparse.save(tmp_path / "m.safetensors", mlp, ARCH)
-    model = sparse.load(tmp_path / "m.safetensors", kernel="csr")
-    layer = sparse.sparse_layers(model)["net.1"]
+    csr.save(tmp_path / "m.safetensors", mlp, ARCH)
+    model = csr.load(tmp_path / "m.safetensors", kernel="csr")
+    layer = sparse_layers(model)["net.1"]
     layer.use({1: "dense", 256: "csr"})  # the boundary is sqrt(1 * 256) = 16
     assert [layer.kernel_for(n) for n in (1, 2, 16, 17, 256, 4096)] == ["dense"] * 3 + ["csr"] * 3
     x = _inputs(ARCH["input_shape"], n=20)
-    assert sparse.verify(sparse.outputs(mlp, [x]), sparse.outputs(model, [x]), "mixed") <= 1e-5
+    assert csr.verify(csr.outputs(mlp, [x]), csr.outputs(model, [x]), "mixed") <= 1e-5
 
 
 def test_each_layer_takes_its_faster_kernel_per_batch_size_dense_on_a_tie():
-    assert sparse.layer_kernels({1: {"dense": 1.0, "csr": 2.0}, 64: {"dense": 3.0, "csr": 1.0},
+    assert timing.layer_kernels({1: {"dense": 1.0, "csr": 2.0}, 64: {"dense": 3.0, "csr": 1.0},
                                  256: {"dense": 1.0, "csr": 1.0}}) == {1: "dense", 64: "csr", 256: "dense"}
-    assert sparse.keeps_choice({"chosen": 1.0, "dense": 1.0}) and not sparse.keeps_choice({"chosen": 1.1, "dense": 1.0})
+    assert timing.keeps_choice({"chosen": 1.0, "dense": 1.0}) and not timing.keeps_choice({"chosen": 1.1, "dense": 1.0})
 
 
 @pytest.mark.parametrize("layer_csr,model_times,expected", [
@@ -136,9 +140,9 @@ def test_auto_chooses_from_the_timings_it_is_given(tmp_path, layer_csr, model_ti
     clock; the real timings are benchmarks/sparse_inference.py's."""
     arch = {"name": "mlp", "options": {"hidden": [128], "batch_norm": True}, "input_shape": [1, 8, 16],
             "num_classes": 10}
-    model = sparse.build(arch)
+    model = csr.build(arch)
     attach_masks(model, {"net.1.weight": torch.ones(128, 128), "net.4.weight": torch.ones(10, 128)})
-    sparse.save(tmp_path / "d.safetensors", model.eval(), arch)
+    csr.save(tmp_path / "d.safetensors", model.eval(), arch)
     answers = iter(model_times)  # whole-model runs, in order: (chosen, dense) at batch 1, then at batch 64
 
     def timer(fns, repeats):
@@ -146,8 +150,8 @@ def test_auto_chooses_from_the_timings_it_is_given(tmp_path, layer_csr, model_ti
             fn()  # the kernels really run
         return [1.0, layer_csr] if len(fns) == 2 else [next(answers)]
 
-    loaded = sparse.load(tmp_path / "d.safetensors", kernel="auto", batch_sizes=[1, 64], repeats=3, timer=timer)
-    assert sparse.kernels(loaded)["net.1"] == expected
+    loaded = csr.load(tmp_path / "d.safetensors", kernel="auto", batch_sizes=[1, 64], repeats=3, timer=timer)
+    assert csr.kernels(loaded)["net.1"] == expected
     assert loaded.layer_seconds["net.1"] == {1: {"dense": 1.0, "csr": layer_csr}, 64: {"dense": 1.0, "csr": layer_csr}}
     assert list(answers) == [] and sorted(loaded.model_seconds) == ([] if not model_times else [1, 64])
 
@@ -182,34 +186,34 @@ CORRUPTIONS = {
 def test_a_corrupted_file_is_refused_in_one_line_naming_the_file_and_the_key(mlp, tmp_path, corruption):
     change, message = CORRUPTIONS[corruption]
     good, bad = tmp_path / "good.safetensors", tmp_path / "bad.safetensors"
-    sparse.save(good, mlp, ARCH)
+    csr.save(good, mlp, ARCH)
     _rewrite(good, bad, change)
-    with pytest.raises(sparse.SparseFileError) as err:
-        sparse.load(bad, kernel="csr")
+    with pytest.raises(SparseFileError) as err:
+        csr.load(bad, kernel="csr")
     text = str(err.value)
     assert "\n" not in text and text.startswith(f"{bad}: key ") and message in text, text
 
 
 def test_a_file_for_another_architecture_is_refused_in_one_line(mlp, tmp_path):
     path = tmp_path / "m.sparse.safetensors"
-    sparse.save(path, mlp, ARCH)
-    other = sparse.build({**ARCH, "options": {"hidden": [10, 6], "batch_norm": True}}, "meta")
-    with pytest.raises(sparse.SparseFileError) as err:
-        sparse.load(path, kernel="csr", model=other)
+    csr.save(path, mlp, ARCH)
+    other = csr.build({**ARCH, "options": {"hidden": [10, 6], "batch_norm": True}}, "meta")
+    with pytest.raises(SparseFileError) as err:
+        csr.load(path, kernel="csr", model=other)
     assert str(err.value) == (f"{path}: key net.1.weight.shape: [12, 16] in the file, but the architecture's "
                               f"weight is [10, 16]")
     plain = tmp_path / "plain.safetensors"
     save_tensors(plain, load_tensors(path))  # the tensors without the format's metadata
-    with pytest.raises(sparse.SparseFileError, match=r"plain.safetensors: no suptickets.sparse/1 metadata"):
-        sparse.load(plain)
+    with pytest.raises(SparseFileError, match=r"plain.safetensors: no suptickets.sparse/1 metadata"):
+        csr.load(plain)
 
 
 def test_differing_predictions_fail_the_verification_in_one_line():
     reference = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]])
-    assert sparse.verify(reference, reference + 5e-5, "ok") == pytest.approx(5e-5, rel=1e-2)
+    assert csr.verify(reference, reference + 5e-5, "ok") == pytest.approx(5e-5, rel=1e-2)
     for logits, differ in ((reference + 2e-4, 0), (reference.flip(1), 3)):
-        with pytest.raises(sparse.VerificationFailed) as err:
-            sparse.verify(reference, logits, "models/x.sparse.safetensors (csr kernels)")
+        with pytest.raises(VerificationFailed) as err:
+            csr.verify(reference, logits, "models/x.sparse.safetensors (csr kernels)")
         assert str(err.value).startswith(f"models/x.sparse.safetensors (csr kernels): {differ} of 3 predictions "
                                          f"differ from the masked model's, max |logit difference|")
 
@@ -241,7 +245,7 @@ def test_the_smoke_dag_exported_smaller_verified_files(smoke_repo):
         assert facts["predictions_equal"] is True and facts["verified_kernels"] == ["auto", "csr"]
         assert facts["test_samples"] == 1000
         masks = masks_of(runtime.load_model(smoke_repo / f"models/{name}.safetensors",
-                                                   sparse.build(sparse.read_architecture(path))))
+                                                   csr.build(csr.read_architecture(path))))
         assert {k: v["nnz"] for k, v in facts["layers"].items()} == {k: int(v.sum()) for k, v in masks.items()}
     speed = json.loads((smoke_repo / "metrics/export_speed.json").read_text())
     for name in ("superposed", "sparse_baseline"):
@@ -255,13 +259,13 @@ def test_the_smoke_dag_exported_smaller_verified_files(smoke_repo):
 
 def test_the_exported_smoke_model_predicts_like_the_masked_one_on_the_test_split(smoke_repo):
     path = smoke_repo / "models/superposed.sparse.safetensors"
-    arch = sparse.read_architecture(path)
-    masked = runtime.load_model(smoke_repo / "models/superposed.safetensors", sparse.build(arch))
+    arch = csr.read_architecture(path)
+    masked = runtime.load_model(smoke_repo / "models/superposed.safetensors", csr.build(arch))
     splits, summary = load_prepared(smoke_repo / "data/prepared")
     x = normalize(splits["test"][0], summary["mean"], summary["std"])
-    reference = sparse.outputs(masked, x.split(256))
+    reference = csr.outputs(masked, x.split(256))
     for kernel in ("csr", "dense"):
-        logits = sparse.outputs(sparse.load(path, kernel=kernel), x.split(256))
+        logits = csr.outputs(csr.load(path, kernel=kernel), x.split(256))
         assert torch.equal(logits.argmax(1), reference.argmax(1))
         assert (logits - reference).abs().max() <= 1e-4
 

@@ -45,7 +45,7 @@ RUN = [c for c, why in DVC_RUNS + HAND_RUNS if SKIPPED not in why and c not in R
 def test_the_examples_are_found_and_every_one_left_out_says_why():
     assert "dvc exp run -S experiment=smoke -S dst=granet -S dst.density=0.02" in RUN
     assert ".venv/bin/python stages/dense.py experiment=smoke train.epochs=2 device=cpu" in RUN
-    assert any("sparse.load(" in block for block in PYTHON)
+    assert any("csr.load(" in block for block in PYTHON)
     left_out = [(c, why) for c, why in DVC_RUNS + HAND_RUNS if c not in RUN and c not in README_QUEUE]
     assert all(re.search(r"\(not run by the tests[^:]*: \S", why) for _, why in left_out), left_out
 

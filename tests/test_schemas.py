@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from suptickets import datasets, schemas
 from suptickets import history as history_rules
+from suptickets import schemas
 from suptickets.prepared import summarize
 from suptickets.schemas import ValidationFailed
+from suptickets.splits import Raw, prepare_splits
 
 SHAPE = (3, 8, 8)
 K = 4
@@ -21,14 +22,14 @@ K = 4
 @pytest.fixture(scope="module")
 def prepared():
     g = torch.Generator().manual_seed(0)
-    raw = datasets.Raw(
+    raw = Raw(
         train_x=torch.randint(0, 256, (160, *SHAPE), generator=g, dtype=torch.uint8),
         train_y=torch.arange(160) % K,
         test_x=torch.randint(0, 256, (40, *SHAPE), generator=g, dtype=torch.uint8),
         test_y=torch.arange(40) % K,
         classes=[f"c{i}" for i in range(K)],
     )
-    splits = datasets.prepare_splits(raw, 0.25, seed=0)
+    splits = prepare_splits(raw, 0.25, seed=0)
     return splits, summarize(splits, raw.classes)
 
 

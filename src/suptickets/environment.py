@@ -15,11 +15,15 @@ and every process they start (torchrun ranks, DataLoader workers, submitit jobs)
   MLP training step here. CNR holds per machine kind, for a fixed thread count.
 
 A variable the user already set is left as it is.
+
+One signal handler too: a stage, and the lanes of `chain.py +lanes`, let SIGTERM (a kill from
+SLURM or DVC) stop a run as Ctrl-C does, so it ends the same way (exit 130, resume checkpoint kept).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from typing import MutableMapping
 
 DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "MKL_CBWR": "AUTO"}
@@ -30,3 +34,9 @@ def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> dict[str, 
     added = {k: v for k, v in DEFAULTS.items() if k not in environ}
     environ.update(added)
     return added
+
+
+def raise_keyboard_interrupt(signum, frame) -> None:
+    """A signal handler (`signal.signal(signal.SIGTERM, raise_keyboard_interrupt)`): the signal
+    raises KeyboardInterrupt, named after it."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)

@@ -24,8 +24,8 @@ from typing import Iterator, Sequence
 import torch
 
 from .batches import Normalize, batches_per_epoch, epoch_generator
-from .datasets import SPLITS, stratified_split, stratified_subset
 from .errors import DataError
+from .splits import SPLITS, stratified_split, stratified_subset
 
 MANIFEST = "manifest.csv"
 FOLDERS = {"train": "train", "test": "val"}  # pipeline split -> folder under data.root

@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import train
+from .environment import raise_keyboard_interrupt
 
 log = logging.getLogger("suptickets")
 
@@ -139,7 +140,8 @@ def run(bodies: Sequence[Callable[[], None]], names: Sequence[str]) -> list[int]
     log.addFilter(names_filter)
     train.turn = _turn
     main = threading.current_thread() is threading.main_thread()
-    before = signal.signal(signal.SIGTERM, _interrupt) if main else None  # a kill (SLURM, DVC) stops them as Ctrl-C
+    # a kill (SLURM, DVC) stops them as Ctrl-C
+    before = signal.signal(signal.SIGTERM, raise_keyboard_interrupt) if main else None
     try:
         for t in threads:
             t.start()
@@ -157,10 +159,6 @@ def run(bodies: Sequence[Callable[[], None]], names: Sequence[str]) -> list[int]
         log.removeFilter(names_filter)
         start.restore()
     return [lane.code for lane in lanes]
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _main(lane: Lane, rotation: Rotation) -> None:

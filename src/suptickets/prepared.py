@@ -15,8 +15,8 @@ import torch
 
 from .artifacts import load_tensors, read_json, save_tensors, write_json
 from .config import get
-from .datasets import SPLITS
 from .errors import DataError
+from .splits import SPLITS
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -15,9 +15,9 @@ import pandera.pandas as pa
 import torch
 
 from suptickets import history
-from suptickets.datasets import SPLITS
 from suptickets.errors import ValidationFailed
 from suptickets.prepared import summary_tables
+from suptickets.splits import SPLITS
 
 HISTORY_COLUMNS = history.HISTORY_COLUMNS
 EVALUATION_COLUMNS = ["model", "test_acc", "test_loss", "density"]
