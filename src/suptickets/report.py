@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import figures
+from . import figures, tracking
 from .comparison import is_ticket
 from .errors import BadInputFile, BadModelFile, MissingInput
 from .figures import FIGURES
@@ -314,7 +314,7 @@ def log_to_wandb(wb_run, rows: Sequence[Mapping], figures: Mapping[str, str | os
     """Log the report on a wandb run (or nothing when `wb_run` is None): the evaluation table as a
     wandb.Table, the figures as wandb.Image, `summary` into the run summary, and each model file as
     an Artifact of references only (weights are never uploaded): the file on this machine and, when
-    its metadata names one (`dvc_remote_object`), its copy in the team's DVC remote (`remote_uri`).
+    its metadata names one (`dvc_remote_object`), its copy in the team's DVC remote (`tracking.remote_uri`).
 
     `models`: {"name", "path" (the file to reference), "metadata"} per model file, and "file_name"
     (the name in the artifact; default: the referenced file's) when the reference is a copy under
@@ -336,22 +336,10 @@ def log_to_wandb(wb_run, rows: Sequence[Mapping], figures: Mapping[str, str | os
         art = wandb.Artifact(f"model-{m['name']}", type="model", metadata=dict(m.get("metadata", {})),
                              description=f"{m['name']}: a reference to {name} at {path} (not uploaded)")
         art.add_reference("file://" + str(path), name=name, checksum=False)
-        remote = remote_uri(m.get("metadata", {}).get("dvc_remote_object"))
+        remote = tracking.remote_uri(m.get("metadata", {}).get("dvc_remote_object"))
         if remote:  # the same file in the team's DVC remote: what a colleague fetches
             try:
                 art.add_reference(remote, name=f"dvc-remote/{name}", checksum=False)
             except wandb.errors.Error:  # s3:// needs boto3, gs:// google-cloud-storage: the metadata says it
                 pass
         wb_run.log_artifact(art)
-
-
-def remote_uri(location: str | None) -> str | None:
-    """A DVC remote object's location as a W&B reference: a URL (s3://, gs://, ssh://, ...) as it is;
-    a folder remote's file as file:// once it is there (W&B refuses a file:// reference to a missing
-    file, and a run's outputs reach the remote only at `make push`, after the run); else None."""
-    if not location:
-        return None
-    if "://" in location:
-        return location
-    path = Path(location).absolute()
-    return "file://" + str(path) if path.is_file() else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, Sequence
 
 
@@ -109,3 +110,15 @@ class Run:
         if self._run is not None:
             self._run.finish(exit_code=exit_code)
             self._run = None
+
+
+def remote_uri(location: str | None) -> str | None:
+    """A DVC remote object's location as a W&B reference: a URL (s3://, gs://, ssh://, ...) as it is;
+    a folder remote's file as file:// once it is there (W&B refuses a file:// reference to a missing
+    file, and a run's outputs reach the remote only at `make push`, after the run); else None."""
+    if not location:
+        return None
+    if "://" in location:
+        return location
+    path = Path(location).absolute()
+    return "file://" + str(path) if path.is_file() else None
