@@ -106,8 +106,21 @@ def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else math.ceil(n / batch_size)
 
 
+@dataclass(kw_only=True)
+class EpochOrder:
+    """How a split's mini-batches come, for any source of them (keywords only): shuffled by the
+    (seed, epoch) generator or in order, the last partial batch dropped or kept, and under DDP
+    each rank taking its share of every (global) batch."""
+
+    shuffle: bool = False
+    drop_last: bool = False
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+
 @dataclass
-class Batches:
+class Batches(EpochOrder):
     """Mini-batches of a tensor data set held on one device."""
 
     x: torch.Tensor  # uint8 [N, C, H, W]
@@ -115,13 +128,8 @@ class Batches:
     mean: list[float]
     std: list[float]
     batch_size: int
-    shuffle: bool = False
-    drop_last: bool = False
-    seed: int = 0
     padding: int = 0
     flip: bool = False
-    rank: int = 0        # under DDP each rank takes its share of every (global) batch
-    world_size: int = 1
     _normalize: Normalize = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .batches import Normalize, batches_per_epoch, epoch_generator
+from .batches import EpochOrder, Normalize, batches_per_epoch, epoch_generator
 from .errors import DataError
 from .splits import SPLITS, stratified_split, stratified_subset
 
@@ -199,7 +199,7 @@ class _EpochSampler:
 
 
 @dataclass
-class FolderBatches:
+class FolderBatches(EpochOrder):
     """Mini-batches of a manifest split through a DataLoader, with `batches.Batches`' interface:
     `epoch(e)` yields (normalised float x on `device`, int64 y), `len()` is batches per epoch, and
     under DDP each rank gets its share of every global batch. Workers are started once (spawned,
@@ -210,12 +210,7 @@ class FolderBatches:
     mean: list[float]
     std: list[float]
     batch_size: int
-    shuffle: bool = False
-    drop_last: bool = False
-    seed: int = 0
     workers: int = 4
-    rank: int = 0
-    world_size: int = 1
     _loader: object = field(default=None, init=False, repr=False, compare=False)
     _sampler: _EpochSampler = field(default_factory=_EpochSampler, init=False, repr=False, compare=False)
     _normalize: Normalize = field(init=False, repr=False, compare=False)
