@@ -68,6 +68,28 @@ def once(tmp_path_factory, name: str, build: Callable[[Path], object]):
     return json.loads(done.read_text())
 
 
+BUILT = ("smoke_repo", "queued_repo", "resume_pair")  # the shared runs, each built once (`once`)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The order `make test`'s workers take the tests in: the shared runs' builds first, each on a
+    worker of its own (a worker asking for a run that another is building waits idle under the
+    lock), then the end-to-end tests that need none of them, the other tests, and last the tests
+    that read a shared run, by then built."""
+    def reads(item) -> bool:
+        return any(f in item.fixturenames for f in BUILT)
+
+    builders = []
+    for name in ("queued_repo", "resume_pair"):  # queued_repo builds smoke_repo first
+        first = next((i for i in items if name in i.fixturenames), None)
+        if first is not None and first not in builders:
+            builders.append(first)
+    rest = [i for i in items if i not in builders]
+    e2e = [i for i in rest if i.get_closest_marker("e2e") and not reads(i)]
+    others = [i for i in rest if not i.get_closest_marker("e2e") and not reads(i)]
+    items[:] = builders + e2e + others + [i for i in rest if reads(i)]
+
+
 @pytest.fixture(scope="session")
 def smoke_repo(tmp_path_factory) -> Path:
     """The project copied into a new repo, after `dvc exp run -S experiment=smoke` (its log in
