@@ -10,6 +10,7 @@ dvc.yaml) and writes in place.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -328,15 +329,17 @@ def launch(main: Callable[[], None], extra_keys: tuple[str, ...] = ()) -> None:
 
 
 def main_of(name: str, body: Callable[[Stage], None]) -> None:
-    """A stage script's entry point: `body` as stage `name` under Hydra (params/ composed, or the
-    root params.yaml with DVC's `-cp .. -cn params`), through `launch` and `stage`."""
+    """A stage script's entry point (`if __name__ == "__main__": main_of("evaluate", run)`): `body` run
+    as stage `name` (`stage`) by a Hydra app over params/, started by `launch`. Hydra finds the script
+    through `__wrapped__` (its body), so the config path (`../params`, or DVC's `-cp ..`) and the job
+    name are the script's, as with an `@hydra.main` function written in it."""
+
+    @hydra.main(version_base="1.3", config_path="../params", config_name="params")
+    @functools.wraps(body)
     def main(cfg: DictConfig) -> None:
         stage(name, body, cfg)
 
-    # Hydra finds the config beside the file defining the function, as for a script's own main
-    # (a function of an imported module would make it look for a Python package of configs)
-    main.__module__ = "__main__"
-    launch(hydra.main(version_base="1.3", config_path="../params", config_name="params")(main))
+    launch(main)
 
 
 def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:

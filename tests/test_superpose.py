@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from suptickets.superpose import average, reprune, step_weight, superpose_steps
+from suptickets.superpose import State, average, reprune, step_weight, superpose_steps
 
 KEYS = ["a.weight", "b.weight"]
 COUNTS = [2, 1]  # budget 3 over the 6 masked entries
@@ -291,47 +291,59 @@ def test_superpose_errors_are_eager():
     assert list(single) == []
 
 
-def _superposed_by_hand(tickets: list[dict], m: int, method: str, mode: str) -> tuple[dict, dict]:
-    """S_m written out with plain tensor math, apart from suptickets.superpose: start at T0; for
-    k = 1..m the running average A_k = (1 - w_k) A_{k-1} + w_k T_k with w_k = 1/(k+1) (CAA) or 0.5
-    (CIMA); keep the sum(COUNTS) largest |weights| over the masked keys after every step (each) or
-    only after the last (final). Returns (state, masks) of the masked keys and the bias."""
-    keys = KEYS + ["b.bias"]
-    running = {key: tickets[0][key].clone() for key in keys}
-
-    def prune(state):
-        flat = torch.cat([state[key].flatten() for key in KEYS]).abs()
-        order = flat.sort(descending=True).values
-        budget = sum(COUNTS)
-        assert order[budget - 1] > order[budget], "a tie at the budget: pick tickets without one"
-        threshold = order[budget - 1]
-        masks = {key: state[key].abs() >= threshold for key in KEYS}
-        return {**state, **{key: state[key] * masks[key] for key in KEYS}}, masks
-
-    masks = None
-    for k in range(1, m + 1):
-        w = 1 / (k + 1) if method == "caa" else 0.5
-        running = {key: (1 - w) * running[key] + w * tickets[k][key] for key in keys}
-        if mode == "each":
-            running, masks = prune(running)
-    if mode == "final":
-        running, masks = prune(running)
-    return running, masks
+def _random_tickets(n: int, seed: int) -> list[State]:
+    """T_0..T_{n-1}: random weights (no ties in |w|), a bias and an integer counter."""
+    g = torch.Generator().manual_seed(seed)
+    return [{"a.weight": torch.randn(4, 6, generator=g), "b.weight": torch.randn(7, generator=g),
+             "b.bias": torch.randn(7, generator=g), "bn.num_batches_tracked": torch.tensor(10 * i)}
+            for i in range(n)]
 
 
-@pytest.mark.parametrize("method", ["caa", "cima"])
-@pytest.mark.parametrize("mode", ["each", "final"])
-def test_superposing_after_every_cycle_matches_the_superposition_written_out(method, mode):
-    """The superposed model after cycle m (what the pipeline records ticket by ticket) equals S_m
-    computed by hand from T0..T_m, for every m, whether the tickets are superposed one at a time as
-    they come or all at the end."""
-    tickets = _tickets() + [_state([1, 1, 1, 1], [1, 1], [0, 0], 40)]
-    kw = dict(method=method, cima_factor=0.5, reprune_mode=mode, masked_keys=KEYS, counts=COUNTS, scope="global")
-    steps = list(superpose_steps(tickets, **kw))
-    assert [k for k, _, _ in steps] == [1, 2, 3]
-    for m, state, masks in steps:
-        expected, expected_masks = _superposed_by_hand(tickets, m, method, mode)
+def _superposed_by_hand(running: State, ticket: State, w: float, keys: list[str], counts: list[int],
+                        scope: str) -> tuple[State, State, dict[str, torch.Tensor]]:
+    """One cycle of DESIGN §1.3 in plain tensor math: (1 - w) * S + w * T for the floating tensors,
+    the newer integer counters; then keep the largest |w| of the masked tensors, sum(counts) of them
+    over all (global) or counts[i] in each (layerwise). Returns (average, pruned, masks)."""
+    averaged = {k: (1 - w) * running[k] + w * ticket[k] if ticket[k].is_floating_point() else ticket[k]
+                for k in ticket}
+    keep = {}
+    if scope == "global":
+        flat = torch.cat([averaged[k].flatten().abs() for k in keys])
+        chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+        chosen[flat.argsort(descending=True)[:sum(counts)]] = True
+        for k, part in zip(keys, chosen.split([averaged[k].numel() for k in keys])):
+            keep[k] = part.view(averaged[k].shape)
+    else:
+        for k, c in zip(keys, counts):
+            chosen = torch.zeros(averaged[k].numel(), dtype=torch.bool)
+            chosen[averaged[k].flatten().abs().argsort(descending=True)[:c]] = True
+            keep[k] = chosen.view(averaged[k].shape)
+    pruned = {k: averaged[k] * keep[k] if k in keep else averaged[k] for k in averaged}
+    return averaged, pruned, keep
+
+
+@pytest.mark.parametrize("scope", ["global", "layerwise"])
+@pytest.mark.parametrize("method,mode", [("caa", "each"), ("caa", "final"), ("cima", "each"), ("cima", "final")])
+def test_superposing_after_every_cycle_by_hand_equals_superposing_at_the_end(method, mode, scope):
+    """DESIGN §1.3: superposing after the cycles equals superposing after each one. After cycle k the
+    test folds T_k into S_{k-1} by hand (CAA weight 1/(k+1), CIMA 0.3; the pruned S_{k-1} with
+    `reprune: each`, the unpruned average with `final`) and re-prunes to the budget; each S_k must be
+    the k-th model superpose_steps yields over all the tickets at the end."""
+    tickets, keys, counts, factor = _random_tickets(5, seed=1), ["a.weight", "b.weight"], [7, 3], 0.3
+    at_the_end = list(superpose_steps(tickets, method=method, cima_factor=factor, reprune_mode=mode,
+                                      masked_keys=keys, counts=counts, scope=scope))
+    assert [k for k, _, _ in at_the_end] == [1, 2, 3, 4]
+    running = tickets[0]
+    for k, ticket in enumerate(tickets[1:], start=1):  # the end of cycle k: T_k is saved
+        w = 1 / (k + 1) if method == "caa" else factor
+        averaged, expected, keep = _superposed_by_hand(running, ticket, w, keys, counts, scope)
+        running = expected if mode == "each" else averaged
+        _, state, masks = at_the_end[k - 1]
+        assert set(state) == set(expected) and set(masks) == set(keys)
+        for key in keys:
+            assert torch.equal(masks[key], keep[key]), (k, key)
         for key in expected:
-            torch.testing.assert_close(state[key], expected[key], atol=1e-6, rtol=0, msg=f"S_{m} {key}")
-        assert {key: masks[key].tolist() for key in KEYS} == {key: expected_masks[key].tolist() for key in KEYS}
-        assert int(state["bn.num_batches_tracked"]) == int(tickets[m]["bn.num_batches_tracked"])
+            torch.testing.assert_close(state[key], expected[key], atol=1e-6, rtol=0, msg=f"S_{k} {key}")
+        assert int(state["bn.num_batches_tracked"]) == 10 * k
+        if scope == "layerwise":
+            assert [int(masks[key].sum()) for key in keys] == counts
