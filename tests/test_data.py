@@ -233,26 +233,19 @@ def test_load_cifar10_missing_batch(tmp_path):
         datasets.load_raw("cifar10", root=str(tmp_path))
 
 
-def test_load_cifar10_bad_row_size(tmp_path):
+@pytest.mark.parametrize("batch, content, match", [
+    ("data_batch_4", {b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]}, "data_batch_4.*3072"),  # row size
+    ("test_batch", {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, "test_batch"),  # label range
+    ("data_batch_1", b"not a pickle", "data_batch_1"),
+])
+def test_load_cifar10_refuses_a_bad_batch_file_naming_it(tmp_path, batch, content, match):
     fake_cifar10(tmp_path)
-    path = tmp_path / "cifar-10-batches-py" / "data_batch_4"
-    write_pickle(path, {b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]})
-    with pytest.raises(DataError, match="data_batch_4.*3072"):
-        datasets.load_raw("cifar10", root=str(tmp_path))
-
-
-def test_load_cifar10_label_out_of_range(tmp_path):
-    fake_cifar10(tmp_path)
-    path = tmp_path / "cifar-10-batches-py" / "test_batch"
-    write_pickle(path, {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]})
-    with pytest.raises(DataError, match="test_batch"):
-        datasets.load_raw("cifar10", root=str(tmp_path))
-
-
-def test_load_cifar10_not_a_pickle(tmp_path):
-    fake_cifar10(tmp_path)
-    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"not a pickle")
-    with pytest.raises(DataError, match="data_batch_1"):
+    path = tmp_path / "cifar-10-batches-py" / batch
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        write_pickle(path, content)
+    with pytest.raises(DataError, match=match):
         datasets.load_raw("cifar10", root=str(tmp_path))
 
 
