@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from suptickets.batches import Batches
 from suptickets.models import build_model
+from suptickets.runtime import deterministic_kernels
 from suptickets.sparsity.engine import DST, Masked, init_masks
 from suptickets.train import set_lr, train_epochs, train_step
 
@@ -266,7 +267,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)  # as runtime.setup does for the stages
+    deterministic_kernels(warn_only=False)  # as runtime.setup does for the stages
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads "
           f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), RigL density {args.density} ERK, "
           f"update every {args.update_frequency} steps")

@@ -31,6 +31,11 @@ def dvc_cache() -> Path:
     return Path(Config(dvc_dir=".dvc")["cache"].get("dir") or ".dvc/cache").resolve()
 
 
+def object_path(md5: str) -> str:
+    """Where DVC 3 keeps the file with this md5, inside a cache or a remote."""
+    return f"files/md5/{md5[:2]}/{md5[2:]}"
+
+
 def default_remote() -> str | None:
     """The URL of the default DVC remote (None without one), read from the repository's own config
     (DVC_ROOT: a queued experiment's temporary copy would resolve a relative folder remote wrongly)."""
@@ -45,11 +50,11 @@ def default_remote() -> str | None:
 def remote_object(remote: str | None, md5: str) -> str | None:
     """Where `make push` puts the file with this md5 in `remote` (see `default_remote`; None without
     one): what a colleague can fetch, checked by the md5 beside it."""
-    return f"{remote.rstrip('/')}/files/md5/{md5[:2]}/{md5[2:]}" if remote else None
+    return f"{remote.rstrip('/')}/{object_path(md5)}" if remote else None
 
 
 def cached_file(cache: Path, md5: str) -> Path:
-    return cache / "files" / "md5" / md5[:2] / md5[2:]
+    return cache / object_path(md5)
 
 
 def reference(path: Path, md5: str, cache: Path, temporary: bool) -> Path | None:

@@ -18,12 +18,11 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import update_bn
 
+from suptickets import runtime
 from suptickets.artifacts import model_files
 from suptickets.choices import REPRUNE_MODES, SCOPES, SUPERPOSE_METHODS as METHODS
 from suptickets.comparison import is_ticket
 from suptickets.errors import BadModelFile, MissingInput
-from suptickets import runtime
-from suptickets.runtime import read_model_file
 from suptickets.sparsity.engine import attach_masks
 from suptickets.sparsity.masks import global_topk_masks, topk_mask
 
@@ -143,7 +142,7 @@ def read_t0(model: nn.Module) -> tuple[tuple[State, dict[str, Tensor]], list[Pat
     tickets = [p for name, p in model_files().items() if is_ticket(name)]
     if not tickets:
         raise MissingInput("models/tickets: no ticket_*.safetensors; run the tickets stage first")
-    t0 = read_model_file("models/warmup.safetensors", model)
+    t0 = runtime.read_model_file("models/warmup.safetensors", model)
     return t0, tickets, [int(m.sum()) for m in t0[1].values()]
 
 
@@ -160,7 +159,7 @@ def starting_point(cfg: dict) -> tuple:
 def read_like_t0(path: str | Path, model: nn.Module, masked_keys: Sequence[str]) -> tuple[State, dict[str, Tensor]]:
     """(state, masks) of a ticket's (or the superposed model's) file, checked against the
     architecture; its masks must cover the same layers as T0's (`masked_keys`)."""
-    state, masks = read_model_file(path, model)
+    state, masks = runtime.read_model_file(path, model)
     if set(masks) != set(masked_keys):
         raise BadModelFile(f"{path}: masks {sorted(set(masks) ^ set(masked_keys))[:3]} differ from "
                            f"models/warmup.safetensors's masked layers")
