@@ -7,7 +7,7 @@ The check reads in three parts, one file each, plus this entry point:
 - scripts/gpu_check_plan.py: what runs, and the gain part's predicted seconds from recorded
   measurements (each with its source); written to the report first ("Plan");
 - scripts/gpu_check_run.py: the parts. a. parity: the smoke DAG (prepare .. evaluate) twice per mode,
-  files compared by hash (a graphed mode is not run: `train.graphs` does not exist yet); b. throughput:
+  files compared by hash, eager and graphed (`train.graphs`), then graphed against eager; b. throughput:
   benchmarks/gpu_throughput.py for ResNet-20 1x28x28 and ResNet-32 3x32x32, one lane and 8 lanes in
   one process; c. the gain of `experiment=fashion_mnist_resnet` (superposed - sparse_baseline) at
   densities 0.05 and 0.02 and at 0.05 with the prune rate decayed on a cosine, 8 seeds each, the runs

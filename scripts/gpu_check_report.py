@@ -58,8 +58,9 @@ def plan_section(p: dict, dry_run: bool) -> list[str]:
     g = p["gain"]
     who = "of a real run (one GPU, faithful settings)" if dry_run else "of this run"
     lines = [f"## Plan {who}", "",
-             f"- parity: the smoke DAG twice per mode: {', '.join(m['mode'] for m in plan.PARITY_MODES)}; "
-             + "; ".join(f"{m['mode']}: {m['why']}" for m in plan.PARITY_NOT_AVAILABLE) + ";",
+             f"- parity: the smoke DAG twice per mode: {', '.join(m['mode'] for m in plan.PARITY_MODES)} "
+             f"({'; '.join(f'{k} {v}' for k, v in plan.CUDA_ONLY_MODES.items()) if dry_run else 'graphed against eager'}); "
+             "the gain's runs graphed if the graphed mode passes, else eager;",
              f"- throughput: {', '.join(p['throughput']['presets'])} with {' and '.join(map(str, plan.THROUGHPUT_LANES))} "
              f"lane(s), `{' '.join(plan.THROUGHPUT_ARGS)}`, within a slot of {plan.THROUGHPUT_SLOT_S:.0f} s;",
              f"- gain: `{plan.GAIN}`, cells {', '.join(c['cell'] for c in p['cells'])}, {p['seeds']} seeds each: "
@@ -99,6 +100,14 @@ def parity_section(p: dict) -> list[str]:
         lines.append("")
     for m in p.get("not_run", []):
         lines += [f"### {m['mode']}: {m['why']}", ""]
+    v = p.get("graphed_vs_eager")
+    if v:
+        lines += ["### graphed against eager (first run of each)", "", f"{v['summary']}", ""]
+        if v.get("differing_files") is not None:
+            lines += ["| model | max abs weight difference | test accuracy, graphed - eager (points) |", "|---|---|---|"]
+            lines += [f"| {name} | {w:.3g} | {v['test_acc_points'].get(Path(name).stem, '')} |"
+                      for name, w in v["max_abs_weight_difference"].items()]
+            lines.append("")
     return lines
 
 

@@ -46,9 +46,11 @@ def parity(args, env: dict, report, deadline: float, beside: list[Job]) -> None:
     prepare runs) runs beside the first mode's."""
     from suptickets.schedules import split_of
 
+    modes = [m for m in plan.PARITY_MODES if not (args.dry_run and m["mode"] in plan.CUDA_ONLY_MODES)]
     part = report.data["parity"] = {"status": "running", "preset": plan.SMOKE, "modes": {},
-                                    "not_run": plan.PARITY_NOT_AVAILABLE}
-    for k, mode in enumerate(plan.PARITY_MODES):
+                                    "not_run": [{"mode": m["mode"], "why": plan.CUDA_ONLY_MODES[m["mode"]]}
+                                                for m in plan.PARITY_MODES if m not in modes]}
+    for k, mode in enumerate(modes):
         overrides = [f"experiment={plan.SMOKE}", *device_overrides(args), *(plan.DRY if args.dry_run else []),
                      *args.data_root_override, *mode["overrides"]]
         cfg = compose(plan.ROOT / "params", overrides)
@@ -57,7 +59,7 @@ def parity(args, env: dict, report, deadline: float, beside: list[Job]) -> None:
                 for r in ("a", "b")]
         result = part["modes"][mode["mode"]] = {"status": "running", "overrides": overrides, "runs": []}
         report.write()
-        limit = time.time() + args.parity_s / len(plan.PARITY_MODES)
+        limit = time.time() + args.parity_s / len(modes)
         run_jobs([*runs, *(beside if k == 0 else [])], env, min(deadline, limit), report.log)
         n_tickets = split_of(cfg)[2]
         models = ["dense", "sparse_baseline", "warmup", *[f"ticket_{t:02d}" for t in range(1, n_tickets + 1)],
@@ -65,6 +67,11 @@ def parity(args, env: dict, report, deadline: float, beside: list[Job]) -> None:
         result.update(parity_checks(runs, cfg, models, result))
         report.log(f"parity {mode['mode']}: {result['status']}; differing files: "
                    f"{', '.join(result['checks']['differing_files']) or 'none'}")
+    if {"eager", "graphed"} <= set(part["modes"]):
+        part["graphed_vs_eager"] = versus(args.work / "parity_eager_a", args.work / "parity_graphed_a")
+        report.log(f"parity graphed vs eager: {part['graphed_vs_eager']['summary']}")
+        # the gain's runs use the graphed step once it has passed its own checks (it is the faster one)
+        args.gain_graphs = part["modes"]["graphed"]["status"] == "passed"
     statuses = {m["status"] for m in part["modes"].values()}
     part["status"] = statuses.pop() if len(statuses) == 1 else "failed"
     for j in beside:
@@ -111,6 +118,30 @@ def parity_checks(runs: list[Job], cfg: dict, models: list[str], result: dict) -
     return {"status": status, "checks": checks}
 
 
+def versus(eager: Path, graphed: Path) -> dict:
+    """How far a graphed run ends from the eager one: the files that differ, each model's largest
+    weight difference, each model's test accuracy (graphed minus eager, in points)."""
+    from safetensors.torch import load_file
+
+    if not ((eager / "metrics/evaluate.json").is_file() and (graphed / "metrics/evaluate.json").is_file()):
+        return {"summary": "not compared: a run did not finish", "differing_files": None}
+    hashes = [file_hashes(eager), file_hashes(graphed)]
+    differing = sorted(k for k in set(hashes[0]) | set(hashes[1]) if hashes[0].get(k) != hashes[1].get(k))
+    weights = {}
+    for name in sorted(k for k in hashes[0] if k.startswith("models/") and k.endswith(".safetensors")):
+        a, b = load_file(str(eager / name)), load_file(str(graphed / name))
+        weights[name] = max((float((a[k].double() - b[k].double()).abs().max()) for k in a
+                             if k in b and a[k].is_floating_point() and a[k].numel()), default=0.0)
+    accs = [json.loads((d / "metrics/evaluate.json").read_text())["test_acc"] for d in (eager, graphed)]
+    points = {m: round(100 * (accs[1][m] - accs[0][m]), 2) for m in accs[0] if m in accs[1]}
+    identical = not any(k.startswith("models/") for k in differing)
+    summary = ("bit-identical models" if identical else
+               f"models differ: largest |weight difference| {max(weights.values(), default=0.0):.3g}, test accuracy "
+               f"graphed minus eager {min(points.values(), default=0):+.2f} to {max(points.values(), default=0):+.2f} points")
+    return {"summary": summary, "identical_models": identical, "differing_files": differing,
+            "max_abs_weight_difference": weights, "test_acc_points": points}
+
+
 def throughput(args, env: dict, report, deadline: float) -> None:
     raw = args.work / "throughput.json"
     presets = plan.DRY_THROUGHPUT_PRESETS if args.dry_run else plan.THROUGHPUT_PRESETS
@@ -137,7 +168,9 @@ def throughput(args, env: dict, report, deadline: float) -> None:
 
 
 def gain_base(args) -> list[str]:
+    """The gain runs' overrides; `train.graphs=true` where the graphed parity mode passed."""
     return [f"experiment={plan.GAIN}", *device_overrides(args), *(plan.DRY_GAIN if args.dry_run else []),
+            *(["train.graphs=true"] if getattr(args, "gain_graphs", False) else []),
             *args.overrides, *args.data_root_override]
 
 

@@ -370,7 +370,9 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
         if code and hint:
             print(f"error: {name}: the processes failed (exit {code}){hint}", file=sys.stderr)
         sys.exit(code)
-    mode = None if os.environ.get("WANDB_MODE") else cfg["tracking"]["wandb"]["mode"]
+    # WANDB_MODE wins over the config (W&B reads it when no mode is passed); "disabled" skips W&B entirely
+    env_mode = os.environ.get("WANDB_MODE")
+    mode = cfg["tracking"]["wandb"]["mode"] if not env_mode else ("disabled" if env_mode == "disabled" else None)
     root = os.environ.get("DVC_ROOT") or os.getcwd()
     changed = overrides(cfg, preset_base(cfg), HydraConfig.get().overrides.task) \
         if rank == 0 and mode != "disabled" else []

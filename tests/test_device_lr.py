@@ -16,21 +16,26 @@ from suptickets.train import lr_on_device, set_lr, train_epochs
 SHAPE, CLASSES = (1, 8, 8), 4
 
 
-def data() -> tuple[Batches, Batches]:
+def data(device: str = "cpu") -> tuple[Batches, Batches]:
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, CLASSES, (256,), generator=g)
     x = (torch.rand((256, *SHAPE), generator=g) * 120 + y.view(-1, 1, 1, 1) * 30).to(torch.uint8)
+    x, y = x.to(device), y.to(device)
     return (Batches(x, y, [0.3], [0.2], batch_size=32, shuffle=True, drop_last=True, seed=0, padding=1, flip=True),
             Batches(x[:64], y[:64], [0.3], [0.2], batch_size=64))
 
 
-def trained(model_name: str, on_device: bool, fused: bool) -> tuple[list[torch.Tensor], torch.optim.SGD]:
+def trained(model_name: str, on_device: bool, fused: bool, device: str = "cpu", graphs: bool = False,
+            on_epoch=None) -> tuple[list[torch.Tensor], torch.optim.SGD]:
+    """3 epochs at density 0.3, RigL every 3 steps over a triangular lr; the state and momentum after.
+    `graphs`: the loop's CUDA-graph path (tests/test_graphs.py); `on_epoch(opt)` makes the epoch hook."""
     torch.manual_seed(0)
     model = build_model(model_name, SHAPE, CLASSES, **({"hidden": [32, 16]} if model_name == "mlp" else {"width": 4}))
+    model = model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, fused=fused)
     if on_device:
         lr_on_device(opt)
-    train, val = data()
+    train, val = data(device)
     rule = DST.from_config({"method": "rigl", "density": 0.3, "distribution": "erk", "update_frequency": 3,
                             "prune_rate": 0.5, "prune_rate_decay": "cosine", "stop_fraction": 1.0,
                             "repicked": "keep", "keep_first_dense": False},
@@ -38,8 +43,9 @@ def trained(model_name: str, on_device: bool, fused: bool) -> tuple[list[torch.T
     init_masks(model, 0.3, "erk", False, torch.Generator().manual_seed(0))
     masked = Masked(model, opt)
     cycle = 3 * len(train)  # a triangular lr: a different value at every step
-    train_epochs(model, opt, train, val, epochs=range(3), step=0, masked=masked, topology=rule,
-                 lr_at=lambda e, i: triangular_lr(e * len(train) + i, cycle, 0.003, 0.173))
+    train_epochs(model, opt, train, val, epochs=range(3), step=0, masked=masked, topology=rule, graphs=graphs,
+                 lr_at=lambda e, i: triangular_lr(e * len(train) + i, cycle, 0.003, 0.173),
+                 on_epoch=on_epoch(opt) if on_epoch else None)
     state = [t.detach().clone() for t in model.state_dict().values()]
     return state + [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()], opt
 

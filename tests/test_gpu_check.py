@@ -20,7 +20,8 @@ import pytest
 from conftest import ROOT
 import gpu_check_plan as plan
 from gpu_check_jobs import EPOCH_LINE, Job, imported_top_level, predicted_end
-from gpu_check_run import EVALUATE_KEYS
+from gpu_check_run import EVALUATE_KEYS, versus
+from safetensors.torch import load_file, save_file
 from suptickets.gains import mean_sd_half, row, summarize, t975, table_row
 
 SCRIPT = ROOT / "scripts/gpu_check.sh"
@@ -61,7 +62,24 @@ def test_dry_run_plans_and_reports_parity_throughput_and_gain(tmp_path):
 
     p = d["parity"]
     assert p["status"] == "passed" and list(p["modes"]) == ["eager"]
-    assert [m["mode"] for m in p["not_run"]] == ["graphed"] and "train.graphs` does not exist" in p["not_run"][0]["why"]
+    assert [m["mode"] for m in p["not_run"]] == ["graphed"] and "CUDA graphs need a CUDA device" in p["not_run"][0]["why"]
+    assert "graphed_vs_eager" not in p  # compared only where both modes ran
+
+    # the comparison a real run makes of graphed against eager, on the dry run's two eager runs
+    work = tmp_path / "work"
+    same = versus(work / "parity_eager_a", work / "parity_eager_b")
+    assert same["identical_models"] and same["summary"] == "bit-identical models"
+    assert set(same["max_abs_weight_difference"].values()) == {0.0} and set(same["test_acc_points"].values()) == {0.0}
+    moved = work / "parity_moved"
+    shutil.copytree(work / "parity_eager_b", moved)
+    tensors = load_file(str(moved / "models/superposed.safetensors"))
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and v.dim() == 4)
+    tensors[name][0, 0, 0, 0] += 0.125
+    save_file(tensors, str(moved / "models/superposed.safetensors"))
+    far = versus(work / "parity_eager_a", moved)
+    assert not far["identical_models"] and far["differing_files"] == ["models/superposed.safetensors"]
+    assert far["max_abs_weight_difference"]["models/superposed.safetensors"] == 0.125
+    assert far["summary"].startswith("models differ: largest |weight difference| 0.125")
     m = p["modes"]["eager"]
     c = m["checks"]
     assert c["runs_ok"] and c["evaluate_keys"] and c["densities_exact"] and c["accuracies_sane"], c
@@ -106,7 +124,7 @@ def test_dry_run_plans_and_reports_parity_throughput_and_gain(tmp_path):
     md = (out / "gpu_check.md").read_text()
     assert md.startswith("# GPU check (dry run on the CPU")
     assert "## Plan of a real run (one GPU, faithful settings)" in md and "8 seeds each: 24 runs of 40 epochs" in md
-    assert "### graphed: not run: `train.graphs` does not exist yet" in md
+    assert "### graphed: not run: a dry run trains on the CPU, and CUDA graphs need a CUDA device" in md
     assert "| models identical in both runs | True |" in md and "| files that differ | none |" in md
     assert "| fashion_mnist_resnet | resnet20 | 8 |" in md
     assert md.count("| done |") == 6 and "| 0.05 cosine | 2 |" in md

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_repo, run
+from conftest import WANDB_AS_CONFIGURED, make_repo, run
 from test_pipeline import STAGES
 from suptickets.config import check
 from suptickets.errors import DataError
@@ -169,7 +169,7 @@ def test_the_dag_runs_on_an_image_folder_under_two_processes(tmp_path, tree):
                  "train.epochs=4", "tickets.cycle_rate=0.25",  # 3 epochs of warmup, 1 ticket
                  "launcher.nproc_per_node=2", "launcher.check_sync=true"]
     args = [a for o in overrides for a in ("-S", o)]
-    proc = run(repo, "dvc", "exp", "run", *args, timeout=1200)
+    proc = run(repo, "dvc", "exp", "run", *args, timeout=1200, wandb=WANDB_AS_CONFIGURED)
     out = proc.stdout + proc.stderr
     for stage in ["sparse_baseline", "warmup", "tickets"]:
         m = re.search(rf"{stage}: masks and weights identical on all 2 ranks at each of (\d+) topology updates", out)

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from conftest import ROOT, make_repo, run
+from conftest import ROOT, WANDB_AS_CONFIGURED, make_repo, run
 from suptickets.dvcfiles import chain_inputs, stages, upstream
 from suptickets.sweep import link_inputs
 from test_tracking import read_wandb_records
@@ -51,7 +51,7 @@ def test_a_submitit_local_sweep_runs_each_job_in_its_own_folder(tmp_path):
     run(repo, "python", "stages/prepare.py", "experiment=smoke", "tracking.wandb.mode=disabled", "hydra.run.dir=.")
     proc = run(repo, "python", "stages/chain.py", "-m", "hydra/launcher=submitit_local", "experiment=smoke",
                "+chain=[warmup,tickets,superpose]", "tickets.lr_max=0.01,0.05", "hydra.sweep.dir=sweep",
-               timeout=900)
+               timeout=900, wandb=WANDB_AS_CONFIGURED)
     jobs = sorted(p for p in (repo / "sweep").iterdir() if p.name.isdigit())
     assert [j.name for j in jobs] == ["0", "1"], proc.stdout + proc.stderr
     results = {}

@@ -70,6 +70,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
     ("train.channels_last", lambda v: isinstance(v, bool), "true or false"),
     ("train.compile", lambda v: isinstance(v, bool), "true or false"),
+    ("train.graphs", lambda v: isinstance(v, bool), "true or false"),
     ("train.gamma", lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
     ("train.label_smoothing", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("train.lr_warmup_epochs", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
@@ -218,6 +219,21 @@ def _batch_over_processes(cfg: dict) -> list[str]:
             f"launcher.nproc_per_node={procs!r} processes"] if batch % procs else []
 
 
+def _graphs_where_they_apply(cfg: dict) -> list[str]:
+    """`train.graphs` captures one process's eager fp32 step on CUDA, from tensors held on the device."""
+    if not get(cfg, "train.graphs"):
+        return []
+    clashes = [f"device={get(cfg, 'device')!r}" if get(cfg, "device") == "cpu" else None,
+               f"launcher.nproc_per_node={get(cfg, 'launcher.nproc_per_node')!r}"
+               if get(cfg, "launcher.nproc_per_node") > 1 else None,
+               f"train.amp={get(cfg, 'train.amp')!r}" if get(cfg, "train.amp") != "none" else None,
+               "train.compile=true" if get(cfg, "train.compile") else None,
+               f"data.name={get(cfg, 'data.name')!r}" if get(cfg, "data.name") in FOLDER_DATASETS else None]
+    clashes = [c for c in clashes if c]
+    return [f"train.graphs=true: not with {', '.join(clashes)} (graphs capture one process's fp32 eager step on "
+            "CUDA, with the data held on the device); set train.graphs=false"] if clashes else []
+
+
 def _lr_warmup_within_budget(cfg: dict) -> list[str]:
     if get(cfg, "train.lr_warmup_epochs") >= get(cfg, "train.epochs"):
         return [f"train.lr_warmup_epochs={get(cfg, 'train.lr_warmup_epochs')!r}: must be less than "
@@ -294,6 +310,7 @@ def _granet_within_warmup(cfg: dict) -> list[str]:
 SPLIT_KEYS = ("train.epochs", "tickets.cycle_rate", "tickets.cycle_epochs")
 CROSS_RULES: list[tuple[tuple[str, ...], Callable[[dict], list[str]]]] = [  # (the keys it relates, rule)
     (("train.batch_size", "launcher.nproc_per_node"), _batch_over_processes),
+    (("train.graphs", "device", "launcher.nproc_per_node", "train.amp", "train.compile"), _graphs_where_they_apply),
     (("train.lr_warmup_epochs", "train.epochs"), _lr_warmup_within_budget),
     (("data.folder.resize_size", "data.folder.image_size"), _resize_covers_crop),
     (("tickets.lr_min", "tickets.lr_max"), _cycle_lr_range),

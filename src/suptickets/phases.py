@@ -22,7 +22,8 @@ log = logging.getLogger("suptickets")
 
 def loop_options(cfg: dict) -> dict:
     """The shared loop's options that come straight from `train.*`."""
-    return {"speed": Speed.from_config(cfg["train"]), "label_smoothing": cfg["train"].get("label_smoothing", 0.0)}
+    return {"speed": Speed.from_config(cfg["train"]), "label_smoothing": cfg["train"].get("label_smoothing", 0.0),
+            "graphs": cfg["train"].get("graphs", False)}
 
 
 def dense(model: nn.Module, optimizer, data: dict[str, Batches], cfg: dict, *, epochs: int,

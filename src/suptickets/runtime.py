@@ -12,7 +12,7 @@ from torch import nn
 
 from .artifacts import MASK_PREFIX, load_tensors, model_tensors, read_json, save_tensors, state_from_file
 from .batches import Batches
-from .errors import BadModelFile, TrainingDiverged
+from .errors import BadModelFile, ConfigError, TrainingDiverged
 from .imagefolder import MANIFEST, load_folder_batches
 from .models import build_model
 from .prepared import check_prepared_for, load_prepared
@@ -88,7 +88,13 @@ def new_model(cfg: dict, summary: dict, device: torch.device) -> nn.Module:
 
 def optimizer_for(model: nn.Module, train_cfg: dict) -> torch.optim.SGD:
     """SGD with momentum; `train.weight_decay_bn: false` exempts BatchNorm weights and biases from
-    weight decay (the ImageNet recipe), in a second parameter group."""
+    weight decay (the ImageNet recipe), in a second parameter group. `train.graphs`: fused SGD, on a
+    CUDA model only (ConfigError otherwise, before the first step)."""
+    graphs = train_cfg.get("graphs", False)
+    device = next(model.parameters()).device
+    if graphs and device.type != "cuda":
+        raise ConfigError(f"train.graphs=true: CUDA graphs need a CUDA device, and this run trains on {device.type} "
+                          "(device=auto without a GPU, or device=cpu); set train.graphs=false")
     params = list(model.parameters())
     if not train_cfg.get("weight_decay_bn", True):
         norm = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -96,7 +102,7 @@ def optimizer_for(model: nn.Module, train_cfg: dict) -> torch.optim.SGD:
         params = [{"params": [p for p in params if id(p) not in norm]},
                   {"params": [p for p in params if id(p) in norm], "weight_decay": 0.0}]
     return torch.optim.SGD(params, lr=train_cfg["lr"], momentum=train_cfg["momentum"],
-                           weight_decay=train_cfg["weight_decay"])
+                           weight_decay=train_cfg["weight_decay"], **({"fused": True} if graphs else {}))
 
 
 def save_model(path: str | os.PathLike, model: nn.Module) -> None:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .batches import Batches
 from .errors import ConfigError, TrainingDiverged
+from .graphs import GraphedStep, side_stream
 from .sparsity.engine import Masked, Topology, masks_of
 from .sparsity.masks import densities
 
@@ -149,6 +150,39 @@ def progress_postfix(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, l
             "lr": f"{lr:.4g}", "density": f"{density:.4f}"}
 
 
+def forward_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, speed: Speed,
+                 label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, logits) of a training batch: the forward of every step, eager or captured (`graphs`)."""
+    with speed.autocast(x.device):
+        out = net(speed.layout(x))
+        loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+    return loss, out
+
+
+class Tally:
+    """An epoch's running counts on the device, updated in place by every step (so a captured step
+    updates them too) and read once at the epoch's end: the loss sum, the correct predictions, the
+    first step whose loss was not finite (-1: none) and the step counter that names it."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.bad_step = torch.full((), -1, device=device, dtype=torch.long)
+        self.step = torch.zeros((), device=device, dtype=torch.long)
+
+    def reset(self, step: int) -> None:
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        self.bad_step.fill_(-1)
+        self.step.fill_(step)
+
+    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
+        self.bad_step.copy_(torch.where((self.bad_step < 0) & ~torch.isfinite(loss), self.step, self.bad_step))
+        self.loss_sum += loss * y.shape[0]
+        self.correct += (out.argmax(1) == y).sum()
+        self.step += 1
+
+
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
                step: int, epoch: int = 0, i: int = 0, masked: Masked | None = None,
                topology: Topology | None = None, speed: "Speed | None" = None,
@@ -160,11 +194,8 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor
     zero with zero momentum and first move on the next step. Before an update, a non-finite loss,
     weight or dense gradient raises `TrainingDiverged` (the update would rank NaNs); other steps
     are checked once per epoch by `train_epochs`. Returns the detached loss and logits."""
-    speed = speed or Speed()
     optimizer.zero_grad(set_to_none=True)
-    with speed.autocast(x.device):
-        out = net(speed.layout(x))
-        loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+    loss, out = forward_loss(net, x, y, speed or Speed(), label_smoothing)
     loss.backward()
     grads = masked.dense_grads() if topology is not None and topology.due(step, epoch, i) else None
     if masked is not None:
@@ -193,48 +224,72 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batc
                  epochs: range, step: int, lr_at: Callable[[int, int], float],
                  masked: Masked | None = None, topology: Topology | None = None,
                  on_epoch: Callable[[dict], None] | None = None, stage: str = "train",
-                 speed: "Speed | None" = None, label_smoothing: float = 0.0) -> int:
+                 speed: "Speed | None" = None, label_smoothing: float = 0.0, graphs: bool = False) -> int:
     """Train over `epochs` (0-based, absolute), starting at global `step`; returns the final step.
 
     Per step: lr ← lr_at(epoch, i), then `train_step` (the topology update after the optimizer step).
     After each epoch `on_epoch(row)` gets the history row (epoch is 1-based). `train` is a
     `Batches` or any object with its interface (`device`, `len()`, `epoch(e)`), e.g. the
-    DataLoader-backed `imagefolder.FolderBatches`.
+    DataLoader-backed `imagefolder.FolderBatches`. `graphs` (CUDA, a `Batches`, one process): the
+    step is captured in CUDA graphs after a few eager steps and replayed (`suptickets.graphs`).
     """
     if topology is not None and masked is None:
         raise ValueError("train_epochs: a topology rule needs the masks it changes (masked=...)")
-    device = train.device
     speed = speed or Speed()
-    net = speed.wrap(wrap_ddp(model))
+    if graphs:
+        lr_on_device(optimizer)
+    graphed = GraphedStep(model, optimizer, masked, Tally(train.device), train,
+                          lambda x, y: forward_loss(model, x, y, speed, label_smoothing)) if graphs else None
+    net = model if graphs else speed.wrap(wrap_ddp(model))
+    with side_stream(train.device, graphs):
+        return _epochs(model, net, optimizer, train, val, epochs=epochs, step=step, lr_at=lr_at, masked=masked,
+                       topology=topology, on_epoch=on_epoch, stage=stage, speed=speed,
+                       label_smoothing=label_smoothing, graphed=graphed)
+
+
+def _epochs(model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer, train: Batches, val: Batches, *,
+            epochs: range, step: int, lr_at: Callable[[int, int], float], masked: Masked | None,
+            topology: Topology | None, on_epoch: Callable[[dict], None] | None, stage: str, speed: Speed,
+            label_smoothing: float, graphed: GraphedStep | None) -> int:
+    """`train_epochs`' loop: eager steps, or (`graphed`) eager steps until the capture, replays after it."""
+    device = train.device
+    tally = Tally(device) if graphed is None else graphed.tally
     for epoch in epochs:
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
+        tally.reset(step)
         seen = 0
-        bad_step = torch.full((), -1, device=device, dtype=torch.long)
         lr = 0.0
-        bar = tqdm(train.epoch(epoch), total=len(train), desc=f"{stage} {epoch + 1}/{epochs.stop}",
-                   leave=False, disable=None)
+        batches = train.epoch(epoch) if graphed is None else graphed.epoch(epoch)
+        bar = tqdm(batches, total=len(train), desc=f"{stage} {epoch + 1}/{epochs.stop}", leave=False, disable=None)
         for i, (x, y) in enumerate(bar):
             turn()
             lr = lr_at(epoch, i)
             set_lr(optimizer, lr)
-            loss, out = train_step(net, optimizer, x, y, step=step, epoch=epoch, i=i, masked=masked,
-                                   topology=topology, speed=speed, label_smoothing=label_smoothing,
-                                   stage=stage)
-            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
-            loss_sum += loss * y.shape[0]
-            correct += (out.argmax(1) == y).sum()
+            if graphed is not None and graphed.captured:
+                due = topology is not None and topology.due(step, epoch, i)
+                loss, grads = graphed.replay(x, y, keep_dense_grads=due)
+                if grads is not None:
+                    check_finite_before_update(loss, masked, grads, stage=stage, epoch=epoch, step=step)
+                    topology.update(masked, step, grads)
+                    graphed.check()
+            else:
+                xb = x if graphed is None else graphed.normalize(x)
+                loss, out = train_step(net, optimizer, xb, y, step=step, epoch=epoch, i=i, masked=masked,
+                                       topology=topology, speed=speed, label_smoothing=label_smoothing,
+                                       stage=stage)
+                tally.add(loss, out, y)
+                if graphed is not None:
+                    graphed.eager_step_done(x, y)
             seen += y.shape[0]
             step += 1
             if not bar.disable and i % 50 == 0:  # only on a terminal: reading these syncs the device
-                bar.set_postfix(progress_postfix(loss_sum, correct, seen, lr, masked), refresh=False)
-        totals = all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype),
+                bar.set_postfix(progress_postfix(tally.loss_sum, tally.correct, seen, lr, masked), refresh=False)
+        totals = all_reduce_sum(torch.stack([tally.loss_sum, tally.correct.to(tally.loss_sum.dtype),
                                              torch.tensor(float(seen), device=device)]))
         loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
-        if int(bad_step) >= 0:
+        if int(tally.bad_step) >= 0:
             raise TrainingDiverged(f"{stage}: training diverged (loss {loss_sum.item()}) at epoch {epoch + 1}, "
-                                   f"step {int(bad_step)}; lower train.lr or tickets.lr_max")
+                                   f"step {int(tally.bad_step)}; lower train.lr or tickets.lr_max")
         val_acc, val_loss = evaluate(model, val)
         row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": loss_sum.item() / seen,
                "train_acc": round(correct.item()) / seen, "val_acc": val_acc, "val_loss": val_loss,
