@@ -60,7 +60,7 @@ def plan_section(p: dict, dry_run: bool) -> list[str]:
     lines = [f"## Plan {who}", "",
              f"- parity: the smoke DAG twice per mode: {', '.join(m['mode'] for m in plan.PARITY_MODES)} "
              f"({'; '.join(f'{k} {v}' for k, v in plan.CUDA_ONLY_MODES.items()) if dry_run else 'graphed against eager'}); "
-             "the gain's runs graphed if the graphed mode passes, else eager;",
+             "throughput and the gain graphed if the graphed mode passes, else eager;",
              f"- throughput: {', '.join(p['throughput']['presets'])} with {' and '.join(map(str, plan.THROUGHPUT_LANES))} "
              f"lane(s), `{' '.join(plan.THROUGHPUT_ARGS)}`, within a slot of {plan.THROUGHPUT_SLOT_S:.0f} s;",
              f"- gain: `{plan.GAIN}`, cells {', '.join(c['cell'] for c in p['cells'])}, {p['seeds']} seeds each: "

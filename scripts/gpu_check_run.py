@@ -70,8 +70,8 @@ def parity(args, env: dict, report, deadline: float, beside: list[Job]) -> None:
     if {"eager", "graphed"} <= set(part["modes"]):
         part["graphed_vs_eager"] = versus(args.work / "parity_eager_a", args.work / "parity_graphed_a")
         report.log(f"parity graphed vs eager: {part['graphed_vs_eager']['summary']}")
-        # the gain's runs use the graphed step once it has passed its own checks (it is the faster one)
-        args.gain_graphs = part["modes"]["graphed"]["status"] == "passed"
+        # throughput and the gain use the graphed step once it has passed its own checks (the faster one)
+        args.graphed = part["modes"]["graphed"]["status"] == "passed"
     statuses = {m["status"] for m in part["modes"].values()}
     part["status"] = statuses.pop() if len(statuses) == 1 else "failed"
     for j in beside:
@@ -146,6 +146,8 @@ def throughput(args, env: dict, report, deadline: float) -> None:
     raw = args.work / "throughput.json"
     presets = plan.DRY_THROUGHPUT_PRESETS if args.dry_run else plan.THROUGHPUT_PRESETS
     settings = ["--dry-run", "--threads", "1"] if args.dry_run else plan.THROUGHPUT_ARGS
+    if getattr(args, "graphed", False):  # each window (a phase call) captures its graphs anew: counted in it
+        settings = [*settings, "--set", "train.graphs=true"]
     job = Job("throughput", [sys.executable, str(ROOT / "benchmarks/gpu_throughput.py"), "--json", str(raw),
                              "--experiment", *presets, "--lanes", *map(str, plan.THROUGHPUT_LANES), *settings],
               args.work / "throughput")
@@ -170,7 +172,7 @@ def throughput(args, env: dict, report, deadline: float) -> None:
 def gain_base(args) -> list[str]:
     """The gain runs' overrides; `train.graphs=true` where the graphed parity mode passed."""
     return [f"experiment={plan.GAIN}", *device_overrides(args), *(plan.DRY_GAIN if args.dry_run else []),
-            *(["train.graphs=true"] if getattr(args, "gain_graphs", False) else []),
+            *(["train.graphs=true"] if getattr(args, "graphed", False) else []),
             *args.overrides, *args.data_root_override]
 
 
