@@ -1,5 +1,7 @@
 """The training path stays lean: with tracking disabled, the training stages (and their chain) never
-import W&B, DVC, pandas or pandera (the GPU machine has none of them but pandas)."""
+import W&B, DVC, pandas or pandera (the GPU machine has none of them but pandas), nor PyTorch's
+compilers (torch._dynamo, torch._inductor: about 1.2 s and 1.3 s of CPU per process; see
+`train.optimizer_step` and `runtime.deterministic_kernels`)."""
 
 from __future__ import annotations
 
@@ -9,14 +11,15 @@ import sys
 
 from conftest import ROOT, SMALL, STAGE_ENV
 
-HEAVY = {"pandas", "pandera", "wandb", "dvc"}
+HEAVY = {"pandas", "pandera", "wandb", "dvc", "torch._dynamo", "torch._inductor"}
 RUN_AND_LIST = """
 import json, runpy, sys
 script, *args = sys.argv[1:]
 sys.argv = [script, *args]
 sys.path.insert(0, {stages!r})
 runpy.run_path(script, run_name="__main__")
-print("LOADED=" + json.dumps(sorted({{name.split(".")[0] for name in sys.modules}})))
+compilers = {{"torch._dynamo", "torch._inductor"}} & set(sys.modules)
+print("LOADED=" + json.dumps(sorted({{name.split(".")[0] for name in sys.modules}} | compilers)))
 """
 
 

@@ -7,13 +7,14 @@ import dataclasses
 
 import pytest
 import torch
+from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from suptickets import phases
 from suptickets.models import build_model
 from suptickets.schedules import step_lr, triangular_lr
 from suptickets.sparsity.engine import masks_of
-from suptickets.train import TrainingDiverged, evaluate, train_epochs
+from suptickets.train import Speed, TrainingDiverged, evaluate, train_epochs
 
 from test_engine import CLASSES, SHAPE, dst_cfg, toy_data
 
@@ -259,3 +260,24 @@ def test_label_smoothing_and_lr_warmup_reach_the_loop():
     assert lrs[2][2 * steps:] == lrs[0][2 * steps:]
     # a smoothed target keeps the cross-entropy away from zero: the losses differ from the plain run's
     assert rows[0.3][-1]["train_loss"] > rows[0.0][-1]["train_loss"] + 0.1
+
+
+@pytest.mark.parametrize("options", [{"momentum": 0.9, "weight_decay": 5e-4}, {"momentum": 0.9, "nesterov": True},
+                                     {"momentum": 0.0}])
+def test_the_loops_optimizer_step_is_sgds_own_step_bit_for_bit(options):
+    """`train.optimizer_step` runs SGD's step without its wrappers (and their compiler import): the
+    same update as `optimizer.step()`, step after step."""
+    from suptickets.train import optimizer_step
+
+    torch.manual_seed(0)
+    models = [nn.Linear(5, 3) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, **options) for m in models]
+    x = torch.randn(8, 5)
+    for _ in range(3):
+        for k, (m, opt) in enumerate(zip(models, opts)):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step() if k == 0 else optimizer_step(opt, Speed())
+            assert torch.is_grad_enabled()
+    assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), models[1].parameters()))

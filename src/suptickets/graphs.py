@@ -37,11 +37,13 @@ WARMUP = 3  # eager steps before the capture (lazy initialisation: momentum buff
 
 
 class GraphedStep:
-    """One phase's captured step. `forward(x, y) -> (loss, logits)` is the loop's forward; `tally` the
-    loop's device counts (`train.Tally`); `train` the training `Batches` (epochs built at once)."""
+    """One phase's captured step. `forward(x, y) -> (loss, logits)` is the loop's forward, `step(optimizer)`
+    its optimizer step; `tally` the loop's device counts (`train.Tally`); `train` the training `Batches`
+    (epochs built at once)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, masked: Masked | None, tally,
-                 train, forward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]):
+                 train, forward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                 step: Callable[[torch.optim.Optimizer], None]):
         if train.device.type != "cuda":
             raise ValueError(f"train.graphs: CUDA graphs need the data on a CUDA device, not {train.device}")
         if not hasattr(train, "epoch_batches"):
@@ -50,6 +52,7 @@ class GraphedStep:
                    for g in optimizer.param_groups):
             raise ValueError("train.graphs: the optimizer's lr must be a device tensor (train.lr_on_device)")
         self.model, self.optimizer, self.masked, self.tally, self.forward = model, optimizer, masked, tally, forward
+        self.step = step  # the loop's optimizer step (train.optimizer_step)
         self.train = train
         self.normalize: Callable[[torch.Tensor], torch.Tensor] | None = None  # the built epochs' (uint8 → float)
         self.eager_steps = 0
@@ -89,7 +92,7 @@ class GraphedStep:
         with torch.cuda.graph(rest, pool=forward_backward.pool(), capture_error_mode="thread_local"):
             if self.masked is not None:
                 self.masked.mask_grads()
-            self.optimizer.step()
+            self.step(self.optimizer)
             if self.masked is not None:
                 self.masked.apply()
             self.tally.add(self.loss, self.out, self.y)

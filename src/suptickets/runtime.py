@@ -18,7 +18,7 @@ from .models import build_model
 from .prepared import check_prepared_for, load_prepared
 from .sparsity import MASK_BUFFER
 from .sparsity.engine import attach_masks, maskable
-from .train import resolve_device
+from .train import resolve_device, skip_compiler_import
 
 
 def distributed() -> tuple[int, int]:
@@ -95,6 +95,8 @@ def optimizer_for(model: nn.Module, train_cfg: dict) -> torch.optim.SGD:
     if graphs and device.type != "cuda":
         raise ConfigError(f"train.graphs=true: CUDA graphs need a CUDA device, and this run trains on {device.type} "
                           "(device=auto without a GPU, or device=cpu); set train.graphs=false")
+    if not train_cfg.get("compile", False):
+        skip_compiler_import()
     params = list(model.parameters())
     if not train_cfg.get("weight_decay_bn", True):
         norm = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)

@@ -119,6 +119,34 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+# torch imports its compiler (torch._dynamo: about 1.2 s of CPU, as much as torch itself) at the first
+# call of an optimizer's step, and of the Optimizer methods it wraps in `torch._disable_dynamo`, only to
+# keep torch.compile from tracing into them. The loop calls them outside compiled code; these two
+# functions spare an eager process that import (every training stage paid it once).
+_DYNAMO_WRAPPED = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
+
+
+def skip_compiler_import() -> None:
+    """Give `torch._disable_dynamo`'s wrappers of the Optimizer methods their answer up front (the
+    method itself: what they call outside compiled code), before an optimizer is built."""
+    for name in _DYNAMO_WRAPPED:
+        fn = getattr(getattr(torch.optim.Optimizer, name, None), "__wrapped__", None)
+        if fn is not None and getattr(fn, "__dynamo_disable", None) is None:
+            fn.__dynamo_disable = fn
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, speed: "Speed") -> None:
+    """`optimizer.step()`: eagerly, the step itself under no_grad (what its wrappers run it under),
+    without the wrappers (a profiler label, step hooks, which the stages register none of, and
+    torch.compile's graph break that imports the compiler); with `train.compile`, or a `step` set on
+    the optimizer itself (a wrapper of the caller's), `optimizer.step()` as it is."""
+    if speed.compile or "step" in vars(optimizer):
+        optimizer.step()
+        return
+    with torch.no_grad():
+        inspect.unwrap(type(optimizer).step)(optimizer)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Every group's lr to `lr`: a Python float replaced, or a device tensor (`lr_on_device`) written
     in place, so that a replayed CUDA graph reads this step's value."""
@@ -195,12 +223,13 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor
     weight or dense gradient raises `TrainingDiverged` (the update would rank NaNs); other steps
     are checked once per epoch by `train_epochs`. Returns the detached loss and logits."""
     optimizer.zero_grad(set_to_none=True)
-    loss, out = forward_loss(net, x, y, speed or Speed(), label_smoothing)
+    speed = speed or Speed()
+    loss, out = forward_loss(net, x, y, speed, label_smoothing)
     loss.backward()
     grads = masked.dense_grads() if topology is not None and topology.due(step, epoch, i) else None
     if masked is not None:
         masked.mask_grads()
-    optimizer.step()
+    optimizer_step(optimizer, speed)
     if masked is not None:
         masked.apply()
     if grads is not None:
@@ -239,7 +268,8 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batc
     if graphs:
         lr_on_device(optimizer)
     graphed = GraphedStep(model, optimizer, masked, Tally(train.device), train,
-                          lambda x, y: forward_loss(model, x, y, speed, label_smoothing)) if graphs else None
+                          lambda x, y: forward_loss(model, x, y, speed, label_smoothing),
+                          lambda opt: optimizer_step(opt, speed)) if graphs else None
     net = model if graphs else speed.wrap(wrap_ddp(model))
     with side_stream(train.device, graphs):
         return _epochs(model, net, optimizer, train, val, epochs=epochs, step=step, lr_at=lr_at, masked=masked,
