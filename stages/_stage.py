@@ -89,7 +89,9 @@ def in_temporary_copy() -> bool:
     return bool(os.environ.get("DVC_ROOT")) and Path(os.environ["DVC_ROOT"]).resolve() != Path.cwd().resolve()
 
 
+@functools.lru_cache(maxsize=1)
 def dvc_stages() -> dict:
+    """The project's dvc.yaml stages, read once per process (callers do not change them)."""
     return dvcfiles.stages(PROJECT)
 
 

@@ -27,15 +27,19 @@ DVC_YAML, DVC_LOCK = "dvc.yaml", "dvc.lock"
 CODE = ("src/", "stages/")
 
 
+# libyaml's parser where PyYAML has it (the same mappings, ~10x faster on these files than PyYAML's own)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def stages(project: Path = Path(".")) -> dict:
     """The `stages` mapping of `project`'s dvc.yaml, in its order."""
-    return yaml.safe_load((Path(project) / DVC_YAML).read_text())["stages"]
+    return yaml.load((Path(project) / DVC_YAML).read_text(), Loader=_LOADER)["stages"]
 
 
 def lock(project: Path = Path("."), name: str = DVC_LOCK) -> dict:
     """`project`'s dvc.lock (or another file of its format, `name`) as a mapping; {} when there is none."""
     path = Path(project) / name
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    return (yaml.load(path.read_text(), Loader=_LOADER) or {}) if path.is_file() else {}
 
 
 # ----------------------------------------------------------------------------------------------
