@@ -29,8 +29,8 @@ def identity(author: str = "copy") -> dict[str, str]:
 
 def env_for(repo: Path, *, wandb: str | None = "disabled", author: str = "copy", bin_dir: Path = BIN) -> dict[str, str]:
     """The environment of commands run in the copy `repo`: `bin_dir` first on PATH, `repo`/src as
-    PYTHONPATH, DVC_NO_ANALYTICS=1, a git identity named `author`, and WANDB_MODE=`wandb` (None:
-    unset, so that W&B does what params.yaml says)."""
+    PYTHONPATH, DVC_NO_ANALYTICS=1, a git identity named `author`, WANDB_MODE=`wandb` (None:
+    unset, so that W&B does what params.yaml says), and PYTHONDONTWRITEBYTECODE unset."""
     env = dict(os.environ)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(Path(repo) / "src")
@@ -39,6 +39,8 @@ def env_for(repo: Path, *, wandb: str | None = "disabled", author: str = "copy",
     else:
         env["WANDB_MODE"] = wandb
     env["DVC_NO_ANALYTICS"] = "1"
+    # a copy holds no compiled bytecode of its code: let its first processes write it for the others
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(identity(author))
     return env
 
