@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, SMALL, error_lines, run_stage, tree
 from suptickets.composition import compose
 from suptickets.config import check
 from suptickets.errors import ConfigError
@@ -51,6 +51,17 @@ def test_graphs_on_a_cpu_model_are_refused_before_the_first_step():
                                           r"train.graphs=false$"):
         optimizer_for(model, cfg)
     assert optimizer_for(model, {**cfg, "graphs": False}).param_groups[0]["fused"] in (None, False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_a_stage_without_cuda_refuses_graphs_in_one_line_and_writes_nothing(small_project):
+    before = tree(small_project)
+    auto = [o for o in SMALL if not o.startswith("device=")]  # device=auto: no GPU here
+    proc = run_stage(small_project, "dense", *auto, "train.graphs=true", small=False)
+    assert proc.returncode == 2, proc.stderr
+    assert error_lines(proc) == ["error: dense: train.graphs=true: CUDA graphs need a CUDA device, and this run "
+                                 "trains on cpu (device=auto without a GPU, or device=cpu); set train.graphs=false"]
+    assert tree(small_project) == before
 
 
 def test_the_tally_counts_an_epoch_as_the_loop_reads_it():
