@@ -32,6 +32,8 @@ lanes, ms per step is per step of all lanes together, and the update and mask fi
     python benchmarks/gpu_throughput.py --experiment cifar10_resnet32 --pairs 20 --json out.json
     python benchmarks/gpu_throughput.py --device cpu --set train.batch_size=16   # on a CPU
     python benchmarks/gpu_throughput.py --lanes 1 8                      # one lane, then 8 in one process
+    python benchmarks/gpu_throughput.py --set train.graphs=true          # the step in CUDA graphs (each
+                                                                         # window captures anew)
     python benchmarks/gpu_throughput.py --dry-run                        # tiny windows on the CPU
 """
 
