@@ -93,8 +93,7 @@ def parity_checks(runs: list[Job], cfg: dict, models: list[str], result: dict) -
     ok = all(r.status == "done" for r in runs) and len(evals) == len(runs)
     finished = [r for r in runs if r.name in evals]
     expected = expected_density(cfg, finished[0].cwd / "data/prepared") if finished else None
-    hashes = [file_hashes(r.cwd) for r in runs]
-    differing = sorted(k for k in set(hashes[0]) | set(hashes[1]) if hashes[0].get(k) != hashes[1].get(k))
+    differing = differing_files(runs[0].cwd, runs[1].cwd)
     densities = [v for e in evals.values() for v in e.get("density", {}).values()]
     accs = [v for e in evals.values() for v in e.get("test_acc", {}).values()]
     errs = "".join(read_text(r.err) for r in runs)
@@ -118,6 +117,12 @@ def parity_checks(runs: list[Job], cfg: dict, models: list[str], result: dict) -
     return {"status": status, "checks": checks}
 
 
+def differing_files(a: Path, b: Path) -> list[str]:
+    """The files (relative paths) present in only one of two run folders, or with other bytes."""
+    hashes = [file_hashes(a), file_hashes(b)]
+    return sorted(k for k in set(hashes[0]) | set(hashes[1]) if hashes[0].get(k) != hashes[1].get(k))
+
+
 def versus(eager: Path, graphed: Path) -> dict:
     """How far a graphed run ends from the eager one: the files that differ, each model's largest
     weight difference, each model's test accuracy (graphed minus eager, in points)."""
@@ -125,10 +130,9 @@ def versus(eager: Path, graphed: Path) -> dict:
 
     if not ((eager / "metrics/evaluate.json").is_file() and (graphed / "metrics/evaluate.json").is_file()):
         return {"summary": "not compared: a run did not finish", "differing_files": None}
-    hashes = [file_hashes(eager), file_hashes(graphed)]
-    differing = sorted(k for k in set(hashes[0]) | set(hashes[1]) if hashes[0].get(k) != hashes[1].get(k))
+    differing = differing_files(eager, graphed)
     weights = {}
-    for name in sorted(k for k in hashes[0] if k.startswith("models/") and k.endswith(".safetensors")):
+    for name in sorted(p.relative_to(eager).as_posix() for p in (eager / "models").rglob("*.safetensors")):
         a, b = load_file(str(eager / name)), load_file(str(graphed / name))
         weights[name] = max((float((a[k].double() - b[k].double()).abs().max()) for k in a
                              if k in b and a[k].is_floating_point() and a[k].numel()), default=0.0)

@@ -19,8 +19,9 @@ stay valid; anything that would give one of these tensors new memory after the c
 `zero_grad(set_to_none=True)`, a new buffer) would leave the graphs reading dead memory: `check()`
 compares their addresses at each epoch's start and after each update and refuses to go on.
 
-Graphed and eager runs are not bit-identical: fused SGD rounds differently from the eager foreach
-step (see `train.lr_on_device`); the GPU check measures how far apart they end.
+A graphed run is meant to equal an eager run with the same fused SGD bit for bit (tests/test_graphs.py,
+on CUDA), not the default eager run: fused and unfused SGD round differently (see
+`train.lr_on_device`); the GPU check measures how far apart those two end.
 """
 
 from __future__ import annotations

@@ -265,67 +265,57 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, train: Batc
     if topology is not None and masked is None:
         raise ValueError("train_epochs: a topology rule needs the masks it changes (masked=...)")
     speed = speed or Speed()
+    device = train.device
+    tally = Tally(device)
     if graphs:
         lr_on_device(optimizer)
-    graphed = GraphedStep(model, optimizer, masked, Tally(train.device), train,
+    graphed = GraphedStep(model, optimizer, masked, tally, train,
                           lambda x, y: forward_loss(model, x, y, speed, label_smoothing),
                           lambda opt: optimizer_step(opt, speed)) if graphs else None
     net = model if graphs else speed.wrap(wrap_ddp(model))
-    with side_stream(train.device, graphs):
-        return _epochs(model, net, optimizer, train, val, epochs=epochs, step=step, lr_at=lr_at, masked=masked,
-                       topology=topology, on_epoch=on_epoch, stage=stage, speed=speed,
-                       label_smoothing=label_smoothing, graphed=graphed)
-
-
-def _epochs(model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer, train: Batches, val: Batches, *,
-            epochs: range, step: int, lr_at: Callable[[int, int], float], masked: Masked | None,
-            topology: Topology | None, on_epoch: Callable[[dict], None] | None, stage: str, speed: Speed,
-            label_smoothing: float, graphed: GraphedStep | None) -> int:
-    """`train_epochs`' loop: eager steps, or (`graphed`) eager steps until the capture, replays after it."""
-    device = train.device
-    tally = Tally(device) if graphed is None else graphed.tally
-    for epoch in epochs:
-        model.train()
-        tally.reset(step)
-        seen = 0
-        lr = 0.0
-        batches = train.epoch(epoch) if graphed is None else graphed.epoch(epoch)
-        bar = tqdm(batches, total=len(train), desc=f"{stage} {epoch + 1}/{epochs.stop}", leave=False, disable=None)
-        for i, (x, y) in enumerate(bar):
-            turn()
-            lr = lr_at(epoch, i)
-            set_lr(optimizer, lr)
-            if graphed is not None and graphed.captured:
-                due = topology is not None and topology.due(step, epoch, i)
-                loss, grads = graphed.replay(x, y, keep_dense_grads=due)
-                if grads is not None:
-                    check_finite_before_update(loss, masked, grads, stage=stage, epoch=epoch, step=step)
-                    topology.update(masked, step, grads)
-                    graphed.check()
-            else:
-                xb = x if graphed is None else graphed.normalize(x)
-                loss, out = train_step(net, optimizer, xb, y, step=step, epoch=epoch, i=i, masked=masked,
-                                       topology=topology, speed=speed, label_smoothing=label_smoothing,
-                                       stage=stage)
-                tally.add(loss, out, y)
-                if graphed is not None:
-                    graphed.eager_step_done(x, y)
-            seen += y.shape[0]
-            step += 1
-            if not bar.disable and i % 50 == 0:  # only on a terminal: reading these syncs the device
-                bar.set_postfix(progress_postfix(tally.loss_sum, tally.correct, seen, lr, masked), refresh=False)
-        totals = all_reduce_sum(torch.stack([tally.loss_sum, tally.correct.to(tally.loss_sum.dtype),
-                                             torch.tensor(float(seen), device=device)]))
-        loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
-        if int(tally.bad_step) >= 0:
-            raise TrainingDiverged(f"{stage}: training diverged (loss {loss_sum.item()}) at epoch {epoch + 1}, "
-                                   f"step {int(tally.bad_step)}; lower train.lr or tickets.lr_max")
-        val_acc, val_loss = evaluate(model, val)
-        row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": loss_sum.item() / seen,
-               "train_acc": round(correct.item()) / seen, "val_acc": val_acc, "val_loss": val_loss,
-               "density": densities(masks_of(model))[0]}
-        log.info("%s epoch %d/%d: loss %.4f train_acc %.4f val_acc %.4f lr %.5f density %.4f", stage,
-                 row["epoch"], epochs.stop, row["train_loss"], row["train_acc"], val_acc, lr, row["density"])
-        if on_epoch is not None:
-            on_epoch(row)
-    return step
+    with side_stream(device, graphs):  # (graphs are warmed up and captured off the default stream)
+        for epoch in epochs:
+            model.train()
+            tally.reset(step)
+            seen = 0
+            lr = 0.0
+            batches = train.epoch(epoch) if graphed is None else graphed.epoch(epoch)
+            bar = tqdm(batches, total=len(train), desc=f"{stage} {epoch + 1}/{epochs.stop}", leave=False, disable=None)
+            for i, (x, y) in enumerate(bar):
+                turn()
+                lr = lr_at(epoch, i)
+                set_lr(optimizer, lr)
+                if graphed is not None and graphed.captured:
+                    due = topology is not None and topology.due(step, epoch, i)
+                    loss, grads = graphed.replay(x, y, keep_dense_grads=due)
+                    if grads is not None:
+                        check_finite_before_update(loss, masked, grads, stage=stage, epoch=epoch, step=step)
+                        topology.update(masked, step, grads)
+                        graphed.check()
+                else:
+                    xb = x if graphed is None else graphed.normalize(x)
+                    loss, out = train_step(net, optimizer, xb, y, step=step, epoch=epoch, i=i, masked=masked,
+                                           topology=topology, speed=speed, label_smoothing=label_smoothing,
+                                           stage=stage)
+                    tally.add(loss, out, y)
+                    if graphed is not None:
+                        graphed.eager_step_done(x, y)
+                seen += y.shape[0]
+                step += 1
+                if not bar.disable and i % 50 == 0:  # only on a terminal: reading these syncs the device
+                    bar.set_postfix(progress_postfix(tally.loss_sum, tally.correct, seen, lr, masked), refresh=False)
+            totals = all_reduce_sum(torch.stack([tally.loss_sum, tally.correct.to(tally.loss_sum.dtype),
+                                                 torch.tensor(float(seen), device=device)]))
+            loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
+            if int(tally.bad_step) >= 0:
+                raise TrainingDiverged(f"{stage}: training diverged (loss {loss_sum.item()}) at epoch {epoch + 1}, "
+                                       f"step {int(tally.bad_step)}; lower train.lr or tickets.lr_max")
+            val_acc, val_loss = evaluate(model, val)
+            row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": loss_sum.item() / seen,
+                   "train_acc": round(correct.item()) / seen, "val_acc": val_acc, "val_loss": val_loss,
+                   "density": densities(masks_of(model))[0]}
+            log.info("%s epoch %d/%d: loss %.4f train_acc %.4f val_acc %.4f lr %.5f density %.4f", stage,
+                     row["epoch"], epochs.stop, row["train_loss"], row["train_acc"], val_acc, lr, row["density"])
+            if on_epoch is not None:
+                on_epoch(row)
+        return step
