@@ -6,6 +6,9 @@ and works in its own run folder, `outputs/<date>/<time>-<stage>/`, with its inpu
 from the project, so DVC's outputs are never overwritten (`hydra.run.dir=.` writes into the
 project instead). Under DVC it reads the composed root `params.yaml` (`-cp .. -cn params`, see
 dvc.yaml) and writes in place.
+
+A stage script imports torch and the package's heavy modules inside its body, after the config
+check: a refused setting answers in well under a second, not after the seconds torch takes to load.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from suptickets.environment import apply_defaults, raise_keyboard_interrupt  # n
 apply_defaults()  # OpenMP's wait policy, MKL's CNR mode (unless set): read when torch loads, so first
 
 import hydra  # noqa: E402
-import torch.distributed  # noqa: E402
 import yaml  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
@@ -408,8 +410,9 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
         clock.stop()
     if folder is not None:
         log.info(f"{name}: outputs in {folder}/")
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    dist = sys.modules.get("torch.distributed")  # loaded by the body where it trains under torchrun
+    if dist is not None and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _fail(name: str, err: Exception) -> None:

@@ -3,13 +3,13 @@
 
 from _stage import Stage
 
-from suptickets import phases, runtime
-from suptickets.sparsity.engine import masks_of
-from suptickets.sparsity.masks import densities
-
 
 def train_sparse(s: Stage, epochs: int):
     """A DST phase of `epochs` epochs from a fresh mask: (model, optimizer, final step, metrics)."""
+    from suptickets import phases, runtime
+    from suptickets.sparsity.engine import masks_of
+    from suptickets.sparsity.masks import densities
+
     cfg = s.cfg
     device = runtime.setup(cfg["threads"], cfg["device"])
     data, summary = runtime.load_batches("data/prepared", cfg, device)

@@ -2,10 +2,10 @@
 
 from _stage import Stage, main_of
 
-from suptickets import phases, runtime
-
 
 def run(s: Stage) -> None:
+    from suptickets import phases, runtime
+
     cfg = s.cfg
     device = runtime.setup(cfg["threads"], cfg["device"])
     data, summary = runtime.load_batches("data/prepared", cfg, device)

@@ -3,19 +3,22 @@ density, the tickets' ensemble (averaged softmax), and the gains of the superpos
 (metrics/evaluate.json, fractions); the figures a reader compares across runs, in % and points,
 in metrics/summary.json and the W&B run's summary."""
 
-import pandas as pd
 from _stage import Stage, log, main_of
 
-from suptickets import comparison, runtime
+from suptickets import comparison
 from suptickets.artifacts import model_files, write_json
 from suptickets.errors import BadModelFile, MissingInput
-from suptickets.schemas import validate_evaluation
-from suptickets.sparsity.engine import masks_of
-from suptickets.sparsity.masks import count, densities
-from suptickets.train import predict, score
 
 
 def run(s: Stage) -> None:
+    import pandas as pd
+
+    from suptickets import runtime
+    from suptickets.schemas import validate_evaluation
+    from suptickets.sparsity.engine import masks_of
+    from suptickets.sparsity.masks import count, densities
+    from suptickets.train import predict, score
+
     cfg = s.cfg
     device = runtime.setup(cfg["threads"], cfg["device"])
     data, summary = runtime.load_batches("data/prepared", cfg, device)

@@ -14,10 +14,7 @@ from pathlib import Path
 
 from _stage import Stage, log, main_of
 
-from suptickets import csr, runtime
 from suptickets.artifacts import atomic_path
-from suptickets.sparsity.engine import masks_of
-from suptickets.sparsity.masks import densities
 
 MODELS = ("superposed", "sparse_baseline")
 SPEED = "metrics/export_speed.json"
@@ -26,6 +23,10 @@ SPEED = "metrics/export_speed.json"
 def export(name: str, tmp: Path, arch: dict, test, ex: dict) -> tuple[dict, dict]:
     """Write the sparse file of models/<name>.safetensors to `tmp`, verify it, time it:
     (deterministic facts, timings)."""
+    from suptickets import csr, runtime
+    from suptickets.sparsity.engine import masks_of
+    from suptickets.sparsity.masks import densities
+
     source = Path(f"models/{name}.safetensors")
     target = Path(f"models/{name}.sparse.safetensors")
     masked = runtime.load_model(source, csr.build(arch)).eval()
@@ -55,6 +56,8 @@ def export(name: str, tmp: Path, arch: dict, test, ex: dict) -> tuple[dict, dict
 
 
 def run(s: Stage) -> None:
+    from suptickets import csr, runtime
+
     cfg, ex = s.cfg, s.cfg["export"]
     device = runtime.setup(cfg["threads"], "cpu")  # the export is for CPU inference
     data, summary = runtime.load_batches("data/prepared", cfg, device)

@@ -11,20 +11,21 @@ is also measured with its BatchNorm statistics recomputed: how much of a dip Bat
 
 from pathlib import Path
 
-import pandas as pd
 from _stage import Stage, log, main_of
-
-from suptickets import landscape
-from suptickets.figures import plot_landscape, short_name
-from suptickets.schemas import validate_landscape
-from suptickets.sparsity.masks import densities
-from suptickets.superpose import load_state, read_like_t0, starting_point
-from suptickets.train import evaluate
 
 FIGURE = Path("plots/landscape.png")
 
 
 def run(s: Stage) -> None:
+    import pandas as pd
+
+    from suptickets import landscape
+    from suptickets.figures import plot_landscape, short_name
+    from suptickets.schemas import validate_landscape
+    from suptickets.sparsity.masks import densities
+    from suptickets.superpose import load_state, read_like_t0, starting_point
+    from suptickets.train import evaluate
+
     cfg, sp = s.cfg, s.cfg["superpose"]
     data, bn_batches, model, t0, ticket_files, counts = starting_point(cfg)
     keys = list(t0[1])

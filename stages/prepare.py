@@ -6,16 +6,10 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-import pandas as pd
 from _stage import Stage, declared_settings, log, main_of
 
 from suptickets.artifacts import write_json, write_text
 from suptickets.choices import FOLDER_DATASETS
-from suptickets.datasets import load_raw
-from suptickets.imagefolder import MANIFEST, build_manifest, check_files, manifest_summary
-from suptickets.prepared import save_prepared, summarize
-from suptickets.schemas import validate_manifest, validate_summary, validate_tensors
-from suptickets.splits import prepare_splits
 
 OUT = Path("data/prepared")
 
@@ -34,6 +28,11 @@ def write_atomically(files: Callable[[Path], None]) -> None:
 
 def run_folder(s: Stage) -> None:
     """A data set too large for tensors: a pandera-validated manifest of files that exist and decode."""
+    import pandas as pd
+
+    from suptickets.imagefolder import MANIFEST, build_manifest, check_files, manifest_summary
+    from suptickets.schemas import validate_manifest, validate_summary
+
     d = s.cfg["data"]
     splits, classes = build_manifest(d["root"], d["val_fraction"], s.cfg["seed"], d["limit_train"], d["limit_test"])
     manifest = validate_manifest(pd.DataFrame([(p, label, name) for name, rows in splits.items() for p, label in rows],
@@ -62,9 +61,16 @@ def finish(s: Stage, summary: dict, shape: tuple) -> None:
 
 
 def run(s: Stage) -> None:
+    import suptickets.imagefolder  # noqa: F401  (run_folder's: loaded for every data set, as dvc.yaml declares)
+
     d = s.cfg["data"]
     if d["name"] in FOLDER_DATASETS:
         return run_folder(s)
+    from suptickets.datasets import load_raw
+    from suptickets.prepared import save_prepared, summarize
+    from suptickets.schemas import validate_summary, validate_tensors
+    from suptickets.splits import prepare_splits
+
     raw = load_raw(d["name"], d["root"], d["download"])
     splits = prepare_splits(raw, d["val_fraction"], s.cfg["seed"], d["limit_train"], d["limit_test"])
     summary = {**summarize(splits, raw.classes), "config": data_settings(s)}

@@ -10,11 +10,10 @@ from pathlib import Path
 
 from _stage import Stage, in_temporary_copy, log, main_of
 
-from suptickets import dvcfiles, report
+from suptickets import dvcfiles
 from suptickets.artifacts import file_md5, load_tensors, model_files, read_json, state_from_file, write_text
 from suptickets.comparison import is_ticket, percent
 from suptickets.errors import MissingInput
-from suptickets.figures import plot_export_size
 
 HISTORIES = ["dense", "sparse_baseline", "warmup", "tickets"]
 FIGURES, SUMMARY, EXPORT = Path("plots"), Path("reports/summary.md"), Path("metrics/export.json")
@@ -87,6 +86,9 @@ def dvc_hashes(path: Path, lock: dict, cache: Path) -> dict:
 
 
 def run(s: Stage) -> None:
+    from suptickets import report
+    from suptickets.figures import plot_export_size
+
     cfg = s.cfg
     histories = {n: report.read_history(f"plots/{n}.csv") for n in HISTORIES}
     evaluate = read_json("metrics/evaluate.json")

@@ -3,18 +3,20 @@ BatchNorm statistics; writes models/superposed.safetensors."""
 
 import itertools
 
-import pandas as pd
 from _stage import Stage, log, main_of
 
-from suptickets import runtime
 from suptickets.artifacts import write_text
-from suptickets.sparsity.engine import masks_of
-from suptickets.sparsity.masks import densities
-from suptickets.superpose import load_state, read_like_t0, starting_point, superpose_steps
-from suptickets.train import evaluate
 
 
 def run(s: Stage) -> None:
+    import pandas as pd
+
+    from suptickets import runtime
+    from suptickets.sparsity.engine import masks_of
+    from suptickets.sparsity.masks import densities
+    from suptickets.superpose import load_state, read_like_t0, starting_point, superpose_steps
+    from suptickets.train import evaluate
+
     cfg, sp = s.cfg, s.cfg["superpose"]
     data, bn_batches, model, (state0, masks0), tickets, counts = starting_point(cfg)
     keys = list(masks0)

@@ -6,11 +6,8 @@ from pathlib import Path
 
 from _stage import Stage, main_of
 
-from suptickets import phases, runtime
 from suptickets.artifacts import load_tensors, state_from_file
 from suptickets.schedules import split_of
-from suptickets.sparsity.engine import masks_of
-from suptickets.sparsity.masks import densities, jaccard
 
 WARMUP, WARMUP_OPTIM, OUT = "models/warmup.safetensors", "models/warmup.optim.safetensors", Path("models/tickets")
 
@@ -26,6 +23,10 @@ def file_masks(path) -> list:
 
 
 def run(s: Stage) -> None:
+    from suptickets import phases, runtime
+    from suptickets.sparsity.engine import masks_of
+    from suptickets.sparsity.masks import densities, jaccard
+
     cfg = s.cfg
     warmup_epochs, _, n_tickets = split_of(cfg)
     device = runtime.setup(cfg["threads"], cfg["device"])

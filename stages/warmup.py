@@ -3,11 +3,12 @@
 from _stage import Stage, main_of
 from _training import train_sparse, write_outputs
 
-from suptickets import runtime
 from suptickets.schedules import split_of
 
 
 def run(s: Stage) -> None:
+    from suptickets import runtime
+
     warmup_epochs, _, _ = split_of(s.cfg)
     model, opt, step, metrics = train_sparse(s, warmup_epochs)
     if s.rank == 0:

@@ -30,7 +30,7 @@ def trained(model_name: str, on_device: bool, fused: bool, device: str = "cpu", 
     """3 epochs at density 0.3, RigL every 3 steps over a triangular lr; the state and momentum after.
     `graphs`: the loop's CUDA-graph path (tests/test_graphs.py); `on_epoch(opt)` makes the epoch hook."""
     torch.manual_seed(0)
-    model = build_model(model_name, SHAPE, CLASSES, **({"hidden": [32, 16]} if model_name == "mlp" else {"width": 4}))
+    model = build_model(model_name, SHAPE, CLASSES, **({"hidden": [32, 16]} if model_name == "mlp" else {"width": 0.25}))
     model = model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, fused=fused)
     if on_device:

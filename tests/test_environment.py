@@ -13,27 +13,32 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, SMALL
 from suptickets.environment import DEFAULTS, apply_defaults
 
 
-def openmp_settings(script: str, **env: str) -> dict[str, str]:
-    """OMP_WAIT_POLICY and GOMP_SPINCOUNT as the OpenMP runtime of `python <script> --help` reports them."""
+def openmp_settings(cmd: list[str], cwd=ROOT, **env: str) -> dict[str, str]:
+    """OMP_WAIT_POLICY and GOMP_SPINCOUNT as the OpenMP runtime of the process `cmd` reports them."""
     environ = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     environ.update(env, OMP_DISPLAY_ENV="VERBOSE", PYTHONPATH=str(ROOT / "src"), WANDB_MODE="disabled")
-    proc = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=environ, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([sys.executable, *cmd], cwd=cwd, env=environ, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return dict(re.findall(r"^\s+(OMP_WAIT_POLICY|GOMP_SPINCOUNT) = '([^']*)'", proc.stderr, re.M))
 
 
-@pytest.mark.parametrize("script", ["stages/dense.py", "benchmarks/superpose.py"])
-def test_a_stage_and_a_benchmark_wait_passively_by_default(script):
-    assert openmp_settings(script) == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0"}
+def dense_stage() -> list[str]:
+    """The dense stage, one epoch on the small data (torch loads in its body, after the config check)."""
+    return [str(ROOT / "stages/dense.py"), *SMALL, "train.epochs=1", "hydra.run.dir=."]
 
 
-def test_the_users_own_wait_policy_wins():
-    assert openmp_settings("stages/dense.py", OMP_WAIT_POLICY="ACTIVE") == {
+def test_a_stage_and_a_benchmark_wait_passively_by_default(small_project):
+    passive = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0"}
+    assert openmp_settings(dense_stage(), cwd=small_project) == passive
+    assert openmp_settings(["benchmarks/superpose.py", "--help"]) == passive
+
+
+def test_the_users_own_wait_policy_wins(small_project):
+    assert openmp_settings(dense_stage(), cwd=small_project, OMP_WAIT_POLICY="ACTIVE") == {
         "OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "30000000000"}
 
 
@@ -66,9 +71,13 @@ def test_every_benchmark_imports_common_before_torch_or_the_package(path):
 
 
 def test_stage_helper_applies_the_defaults_before_importing_torch():
+    """_stage calls apply_defaults as it loads (every stage script imports it first); torch, if it
+    imports it at all, comes later (the stage bodies import it)."""
     tree = ast.parse((ROOT / "stages" / "_stage.py").read_text())
-    calls = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "apply_defaults"]
-    assert calls and min(calls) < _first_import_line(tree, ("torch",))
+    calls = [n.lineno for n in tree.body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)
+             and getattr(n.value.func, "id", "") == "apply_defaults"]
+    torch_line = _first_import_line(tree, ("torch",))
+    assert calls and (torch_line is None or min(calls) < torch_line)
 
 
 EVALUATE_AT_OFFSET = """

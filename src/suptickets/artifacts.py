@@ -2,6 +2,8 @@
 
 Every artifact is written to a temporary file in the target folder and renamed into place, so a
 killed stage never leaves a half-written output. Models are read only from safetensors.
+torch loads with the first tensor read or written: a stage that only writes JSON or text (and every
+stage up to its config check) starts without it.
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 from .errors import BadInputFile, MissingInput
 from .sparsity import MASK_BUFFER
+
+if TYPE_CHECKING:
+    import torch
 
 MASK_PREFIX = "mask."
 
@@ -68,12 +69,17 @@ def read_json(path: str | os.PathLike):
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
                  metadata: Mapping[str, str] | None = None) -> None:
     """Write tensors to a safetensors file atomically (contiguous CPU copies)."""
+    from safetensors.torch import save_file
+
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(flat, str(tmp), metadata=dict(metadata) if metadata else None)
 
 
 def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.is_file():
         raise MissingInput(f"{path}: no such file")
@@ -98,6 +104,8 @@ def model_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     Mask buffers `<module>.weight_mask` become `mask.<module>.weight`; weights outside a mask are
     stored as exact zeros.
     """
+    import torch
+
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key.endswith(MASK_BUFFER):

@@ -192,7 +192,9 @@ def read(path: str | Path, model: nn.Module | None = None
         raise SparseFileError(f"{path}: unreadable safetensors data ({err})") from None
     if model is None:
         try:
-            model = build(arch, "meta")
+            # shapes only: built without initialising, in uninitialised CPU memory (folding BatchNorm
+            # on the meta device would load PyTorch's compiler for its Python meta kernels)
+            model = build(arch, "meta").to_empty(device="cpu")
         except (KeyError, TypeError, ValueError) as err:
             raise SparseFileError(f"{path}: the recorded architecture {arch} cannot be built: {err}") from None
         fits = f"model {arch['name']} {arch['options']}"
