@@ -15,11 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "fashion_mnist_resnet_smoke"
 GAIN = "fashion_mnist_resnet"
 PARITY_CHAIN = ["prepare", "dense", "sparse_baseline", "warmup", "tickets", "superpose", "evaluate"]
-# dense does not depend on density; each seed's split is prepared once (data/prepared records its seed).
-# The lanes train; evaluate then runs in each lane's folder on its own (a process per lane, all at once:
-# stages/chain.py's lanes require every input of the chain, and evaluate's models/dense is not made here).
-GAIN_CHAIN = ["sparse_baseline", "warmup", "tickets", "superpose"]
-EVAL_CHAIN = ["evaluate"]
+# dense does not depend on density (and evaluate reports one only when present: stages/chain.py's
+# READ_IF_PRESENT); each seed's split is prepared once (data/prepared records its seed). Each lane
+# evaluates its models as the last stage of its chain, in the process that trained them.
+GAIN_CHAIN = ["sparse_baseline", "warmup", "tickets", "superpose", "evaluate"]
 
 # Parity: the smoke DAG twice per mode, the files compared; then graphed against eager (files, weights,
 # accuracies). The graphed mode needs CUDA: a dry run (CPU) lists it as not run.

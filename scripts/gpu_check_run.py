@@ -221,7 +221,6 @@ def gain(args, env: dict, report, deadline: float, prepared: list[Job]) -> None:
     part["rate_source"] = "none (dry run: every planned run starts)" if rate is None else plan.FIGURES["epochs_per_s"][2]
     state = {r["name"]: {**r, "status": "pending"} for r in runs}
     jobs: list[tuple[Job, list[dict]]] = []
-    evals: dict[str, Job] = {}  # run name -> its evaluate, once its process has trained it
     started = time.time()
 
     def update() -> None:
@@ -231,18 +230,16 @@ def gain(args, env: dict, report, deadline: float, prepared: list[Job]) -> None:
                 rec = state[r["name"]]
                 rec.update(process=job.name, lane=k, epochs_done=per_lane.get(k, 0), epochs_total=epochs_per_run)
                 metrics = job.cwd / f"lane-{k}/metrics/evaluate.json"
-                ev = evals.get(r["name"])
-                if job.status == "running" or (ev is not None and ev.status in ("pending", "running")):
-                    rec["status"] = "running" if job.status == "running" else "evaluating"
+                if job.status == "running":
+                    rec["status"] = "running"
                 elif metrics.is_file():
                     rec["status"], rec["evaluate"] = "done", json.loads(metrics.read_text())
                     rec["row"] = row(rec["evaluate"])
                     rec["densities_exact"] = all(abs(v - expected[r["density"]]) < 1e-9
                                                  for v in rec["evaluate"]["density"].values())
                 else:
-                    failed = ev if ev is not None and ev.status != "done" else job
-                    rec["status"] = {"done": "failed"}.get(failed.status, failed.status)
-                    rec["error"] = failed.error_tail(5)
+                    rec["status"] = {"done": "failed"}.get(job.status, job.status)
+                    rec["error"] = job.error_tail(5)
         part["runs"] = list(state.values())
         part["processes"] = [{**job.record(), "lanes": len(members),
                               "epochs_per_s": (round(len(job.epoch_times) / job.seconds, 3) if job.seconds else None)}
@@ -257,7 +254,7 @@ def gain(args, env: dict, report, deadline: float, prepared: list[Job]) -> None:
         report.write()
 
     pending = list(runs)
-    while pending or any(j.status == "running" for j in [*(j for j, _ in jobs), *evals.values()]):
+    while pending or any(j.status == "running" for j, _ in jobs):
         now = time.time()
         changed = False
         for job, members in jobs:
@@ -267,15 +264,6 @@ def gain(args, env: dict, report, deadline: float, prepared: list[Job]) -> None:
                 if job.status == "done" and job.seconds:
                     rate = len(job.epoch_times) / job.seconds  # this machine's measured rate from here on
                     part["rate_source"] = f"measured here: {job.name}, {rate:.3f} epochs/s in all"
-                    for k, r in enumerate(members):
-                        evals[r["name"]] = Job(f"{r['name']}_evaluate", chain_cmd([*gain_base(args), *r["overrides"]],
-                                                                                   plan.EVAL_CHAIN), job.cwd / f"lane-{k}")
-                        evals[r["name"]].start(env)
-        for name, ev in evals.items():
-            if ev.poll(now):
-                changed = True
-                if ev.status != "done":
-                    report.log(f"{ev.name}: {ev.status}\n{ev.error_tail()}")
         running = [j for j, _ in jobs if j.status == "running"]
         if pending and len(running) < args.parallel and now < deadline:
             n = plan.lanes_to_start(pending, args.lanes, deadline - now, epochs_per_run, rate, first=not jobs)
@@ -292,8 +280,6 @@ def gain(args, env: dict, report, deadline: float, prepared: list[Job]) -> None:
                 report.log(f"{job.name}: started, {n} lanes: {', '.join(r['name'] for r in members)}")
             changed = True
         if now > deadline:
-            for ev in evals.values():
-                ev.stop("cut", "still running at the end of the budget")
             for j in running:
                 j.stop("cut", "still running at the end of the budget")
                 pace = seconds_per_epoch(j.epoch_times)

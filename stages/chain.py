@@ -45,11 +45,23 @@ from omegaconf import DictConfig, ListConfig, OmegaConf  # noqa: E402
 
 from suptickets.composition import compose_config  # noqa: E402
 from suptickets.config import known_keys, validate  # noqa: E402
-from suptickets.dvcfiles import chain_inputs  # noqa: E402
+from suptickets.dvcfiles import chain_inputs, stage_paths  # noqa: E402
 from suptickets.errors import ConfigError  # noqa: E402
 from suptickets.sweep import link_inputs  # noqa: E402
 
 DEFAULT_CHAIN = ["dense", "sparse_baseline", "warmup", "tickets", "superpose", "export", "evaluate", "report"]
+# Inputs a stage reads only when they are there: evaluate scores every model present, and a sparse
+# chain's comparisons (superposed against sparse_baseline and the tickets) need no dense model.
+READ_IF_PRESENT = {"evaluate": {"models/dense.safetensors"}}
+
+
+def required(stages: dict, chain: list[str], needed: list[str]) -> list[str]:
+    """`needed` without the inputs that every stage of `chain` reading them reads only when present."""
+    def optional(path: str) -> bool:
+        readers = [n for n in chain if path in stage_paths(stages[n].get("deps"))]
+        return all(path in READ_IF_PRESENT.get(n, ()) for n in readers)
+
+    return [p for p in needed if not optional(p)]
 
 
 def fail(message: str) -> None:
@@ -146,13 +158,14 @@ def run_lanes(chain: list[str], lanes: list[list[str]], configs: list[DictConfig
 def main(cfg: DictConfig) -> None:
     chain = list(OmegaConf.select(cfg, "chain", default=DEFAULT_CHAIN))
     try:
-        needed = chain_inputs(dvc_stages(), chain)
+        stages = dvc_stages()
+        needed = chain_inputs(stages, chain)
     except ConfigError as err:
         fail(str(err))
     check_processes(cfg, chain)
     lanes = lane_overrides(cfg)
     configs = None if lanes is None else lane_configs(cfg, lanes, chain)
-    missing = [p for p in needed if not Path(p).exists()]
+    missing = [p for p in required(stages, chain, needed) if not Path(p).exists()]
     folder = run_folder("chain")
     if missing and (folder is not None or lanes is not None):
         fail(f"{', '.join(missing)}: missing in {Path.cwd()}; run the stages that write them first "

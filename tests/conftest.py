@@ -74,12 +74,20 @@ def once(tmp_path_factory, name: str, build: Callable[[Path], object]):
 
 BUILT = ("smoke_repo", "queued_repo", "resume_pair")  # the shared runs, each built once (`once`)
 
+# The readers of a shared run that run stages of their own, longest first (their durations in a
+# `make test` on 2 cores: ~97, ~51, ~44 and ~19 s). They go first among the readers, so that the
+# suite does not end on one of them while the other workers sit idle.
+LONG_READERS = ("test_readme.py::test_the_readme_examples_run_as_written",
+                "test_pipeline.py::test_changing_a_superpose_param_reruns_only_superpose_and_what_reads_its_model",
+                "test_share.py::test_a_colleague_pulls_outputs_run_cache_and_experiments_and_trains_nothing",
+                "test_compare.py::test_compare_marks_a_stale_workspace_and_names_each_rows_preset_and_overrides")
+
 
 def pytest_collection_modifyitems(config, items) -> None:
     """The order `make test`'s workers take the tests in: the shared runs' builds first, each on a
     worker of its own (a worker asking for a run that another is building waits idle under the
     lock), then the end-to-end tests that need none of them, the other tests, and last the tests
-    that read a shared run, by then built."""
+    that read a shared run, by then built (the longest of them first: LONG_READERS)."""
     def reads(item) -> bool:
         return any(f in item.fixturenames for f in BUILT)
 
@@ -91,7 +99,10 @@ def pytest_collection_modifyitems(config, items) -> None:
     rest = [i for i in items if i not in builders]
     e2e = [i for i in rest if i.get_closest_marker("e2e") and not reads(i)]
     others = [i for i in rest if not i.get_closest_marker("e2e") and not reads(i)]
-    items[:] = builders + e2e + others + [i for i in rest if reads(i)]
+    readers = [i for i in rest if reads(i)]
+    rank = {name: k for k, name in enumerate(LONG_READERS)}
+    readers.sort(key=lambda i: rank.get(i.nodeid.split("/")[-1], len(rank)))  # stable: the rest keep their order
+    items[:] = builders + e2e + others + readers
 
 
 @pytest.fixture(scope="session")
@@ -191,7 +202,7 @@ def experiment_refs(repo: Path) -> str:
     return subprocess.run(["git", "for-each-ref", "refs/exps"], cwd=repo, capture_output=True, text=True).stdout
 
 
-def wait_for_queue(repo: Path, timeout: float = 900, every: float = 10) -> None:
+def wait_for_queue(repo: Path, timeout: float = 900, every: float = 30) -> None:
     """Until `dvc queue status` shows nothing queued or running (and nothing failed), asked when the
     experiment refs change (a finished experiment is stored there) and at least every `every` s."""
     start, asked, refs = time.time(), 0.0, None

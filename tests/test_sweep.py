@@ -76,3 +76,18 @@ def test_a_chain_refuses_an_unknown_stage_before_any_work(tmp_path):
     repo = make_repo(tmp_path / "repo")
     proc = run(repo, "python", "stages/chain.py", "+chain=[warmup,tikets]", check=False)
     assert proc.returncode == 2 and "error: chain: unknown stage(s) ['tikets']" in proc.stderr, proc.stderr
+    assert not (repo / "outputs").exists()
+
+
+def test_a_chain_in_its_own_folder_refuses_missing_inputs_but_a_dense_model_evaluate_only_reports(tmp_path):
+    """A chain run in a folder of its own links its inputs from the project and refuses to start
+    without them, naming each; evaluate's dense model is not one of them (it scores the models
+    present; the GPU check's gain lanes evaluate sparse runs that never train a dense model)."""
+    repo = make_repo(tmp_path / "repo")
+    proc = run(repo, "python", "stages/chain.py", "experiment=smoke", "+chain=[superpose,evaluate]",
+               "hydra.run.dir=job", check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: chain: ")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+    assert "data/prepared, models/warmup.safetensors, models/tickets, models/sparse_baseline.safetensors: missing" \
+        in errors[0] and "models/dense" not in errors[0], errors
+    assert not any((repo / "job").iterdir())  # Hydra makes the run folder it is given; nothing is written there
