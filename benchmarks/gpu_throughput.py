@@ -55,12 +55,18 @@ VARIANTS = ("dense", "masked")
 
 def compose(experiment: str, sets: list[str]) -> dict:
     """The preset's configuration as the stages compose it (Hydra, params/), with `sets` on top."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     from suptickets import composition
 
     known = composition.presets(PARAMS)
     if experiment not in known:
         raise SystemExit(f"gpu_throughput.py: --experiment {experiment!r} is not a preset; one of {known}")
-    cfg = composition.compose(PARAMS, [f"experiment={experiment}", *sets])
+    try:
+        cfg = composition.compose(PARAMS, [f"experiment={experiment}", *sets])
+    except (HydraException, OmegaConfBaseException) as err:
+        raise SystemExit(f"gpu_throughput.py: --set {' '.join(sets)}: {' '.join(str(err).split())}") from None
     if cfg["data"]["name"] not in SHAPES:
         raise SystemExit(f"gpu_throughput.py: data.name={cfg['data']['name']!r} is not held in memory; "
                          f"one of {list(SHAPES)}")
@@ -97,18 +103,19 @@ def main(argv=None) -> int:
                     help="runs trained in one process as lanes, one row per value (default %(default)s)")
     _common.add_threads(ap, 1, help="CPU threads, as the stages' `threads` (default %(default)s)")
     ap.add_argument("--dry-run", action="store_true",
-                    help="on the CPU at tiny sizes (fashion_mnist_resnet, batch 8, windows of 0.05 s, 2 pairs): "
-                         "checks the code paths, measures nothing")
+                    help="on the CPU at tiny sizes (fashion_mnist_resnet at quarter width, batch 8, windows of "
+                         "0.05 s, 2 pairs): checks the code paths, measures nothing")
     _common.add_json(ap)
     args = ap.parse_args(argv)
     if args.dry_run:
         args.device, args.window_s, args.pairs, args.update_calls = "cpu", 0.05, 2, 1
         if args.experiment == ap.get_default("experiment"):
             args.experiment = ["fashion_mnist_resnet"]
-        args.set = ["train.batch_size=8", "train.eval_batch_size=8", *args.set]
+        args.set = ["train.batch_size=8", "train.eval_batch_size=8", "model.width=0.25", *args.set]
     if args.window_s <= 0 or args.pairs < 2 or args.update_calls < 1 or min(args.lanes) < 1:
         raise SystemExit(f"gpu_throughput.py: need --window-s > 0, --pairs >= 2, --update-calls >= 1, --lanes >= 1; "
                          f"got {args.window_s}, {args.pairs}, {args.update_calls}, {args.lanes}")
+    configs = {experiment: compose(experiment, args.set) for experiment in args.experiment}  # refused before torch loads
 
     import torch
 
@@ -122,7 +129,7 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}{' (dry run)' if args.dry_run else ''}; torch {torch.__version__}; threads {args.threads}; "
           f"windows of ~{args.window_s} s, {args.pairs} dense/masked pairs")
-    results = [bench(experiment, args, device, n) for experiment in args.experiment for n in args.lanes]
+    results = [bench(experiment, cfg, args, device, n) for experiment, cfg in configs.items() for n in args.lanes]
     if args.json:
         args.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "dry_run": args.dry_run,
                                          "window_s": args.window_s, "pairs": args.pairs, "threads": args.threads,
@@ -202,12 +209,11 @@ class Variant:
         self.epoch += 1
 
 
-def bench(experiment: str, args, device, lanes: int = 1) -> dict:
+def bench(experiment: str, cfg: dict, args, device, lanes: int = 1) -> dict:
     import torch
 
     from suptickets.sparsity.engine import DST, Masked
 
-    cfg = compose(experiment, args.set)
     shape, classes = SHAPES[cfg["data"]["name"]]
     b = cfg["train"]["batch_size"]
     cuda = device.type == "cuda"

@@ -35,11 +35,11 @@ THROUGHPUT_SLOT_S = 120.0
 
 # A dry run: the same chains at toy size on the CPU. Parity: 800 images, quarter width, 6 epochs (4 of
 # warmup and 2 cycles: enough for every model to clear the accuracy check). The gain runs are smaller
-# still (400 images, 4 epochs: 2 of warmup, 2 cycles), 2 seeds per cell (the plan shown is still the
+# still (200 images, 4 epochs: 2 of warmup, 2 cycles), 2 seeds per cell (the plan shown is still the
 # real run's: 8 seeds), 3 lanes to a process, 2 processes at once.
 DRY = ["data.limit_train=800", "data.limit_test=200", "model.width=0.25", "train.epochs=6",
        "train.batch_size=32", "tickets.cycle_rate=0.34", "dst.update_frequency=5"]
-DRY_GAIN = [*DRY, "data.limit_train=400", "train.epochs=4", "tickets.cycle_rate=0.5"]
+DRY_GAIN = [*DRY, "data.limit_train=200", "train.epochs=4", "tickets.cycle_rate=0.5"]
 DRY_SEEDS, DRY_LANES, DRY_PARALLEL = 2, 3, 2
 DRY_THROUGHPUT_PRESETS = ["fashion_mnist_resnet"]
 

@@ -259,11 +259,17 @@ def test_gpu_throughput_ratio_interval_by_hand():
     (["--experiment", "nope"], "--experiment 'nope' is not a preset; one of ["),
     (["--pairs", "1"], "need --window-s > 0, --pairs >= 2, --update-calls >= 1, --lanes >= 1; got 2.0, 1, 5, [1]"),
     (["--lanes", "0"], "need --window-s > 0, --pairs >= 2, --update-calls >= 1, --lanes >= 1; got 2.0, 10, 5, [0]"),
+    (["--set", "model.widht=2"], "--set model.widht=2: Could not override 'model.widht'. To append to your config use"),
 ])
 def test_gpu_throughput_refuses_bad_input_in_one_line(args, message):
-    proc = subprocess.run([sys.executable, str(BENCH / "gpu_throughput.py"), "--device", "cpu", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    """... before it loads torch (-X importtime lists what was imported)."""
+    from gpu_check_jobs import imported_top_level
+
+    proc = subprocess.run([sys.executable, "-X", "importtime", str(BENCH / "gpu_throughput.py"), "--device", "cpu",
+                           *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    said = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+    assert proc.returncode != 0 and len(said) == 1 and message in said[0], said
+    assert "torch" not in imported_top_level(proc.stderr)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
