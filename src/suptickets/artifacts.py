@@ -1,4 +1,4 @@
-"""Files on disk: atomic writes, JSON, safetensors models with their masks.
+"""Files on disk: atomic writes, JSON and YAML, safetensors models with their masks.
 
 Every artifact is written to a temporary file in the target folder and renamed into place, so a
 killed stage never leaves a half-written output. Models are read only from safetensors.
