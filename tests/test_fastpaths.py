@@ -262,7 +262,7 @@ def test_gpu_throughput_ratio_interval_by_hand():
     (["--set", "model.widht=2"], "--set model.widht=2: Could not override 'model.widht'. To append to your config use"),
 ])
 def test_gpu_throughput_refuses_bad_input_in_one_line(args, message):
-    """... before it loads torch (-X importtime lists what was imported)."""
+    """A bad argument is refused in one line, before torch loads (-X importtime lists what was imported)."""
     from gpu_check_jobs import imported_top_level
 
     proc = subprocess.run([sys.executable, "-X", "importtime", str(BENCH / "gpu_throughput.py"), "--device", "cpu",
