@@ -40,7 +40,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from suptickets import dvcfiles  # noqa: E402
-from suptickets.artifacts import read_yaml, write_json, write_text  # noqa: E402
+from suptickets.artifacts import parse_yaml, write_json, write_text  # noqa: E402
 from suptickets.composition import compose_config, preset_overrides  # noqa: E402
 from suptickets.config import get, known_keys, unknown_keys, validate  # noqa: E402
 from suptickets.errors import ConfigError, SupticketsError  # noqa: E402
@@ -69,9 +69,10 @@ RESULT_FREE = (
 def config_options(params: Path = PROJECT / "params") -> list[tuple[str, dict]]:
     """(package, content) of every file in params/: the root, and each option of each config group
     (a `# @package _global_` preset at the root, any other option under its group's key)."""
-    out = [("", read_yaml(params / "params.yaml"))]
+    out = [("", parse_yaml((params / "params.yaml").read_text()))]
     for path in sorted(params.glob("*/*.yaml")):
-        out.append(("" if path.read_text().startswith("# @package _global_") else path.parent.name, read_yaml(path)))
+        text = path.read_text()
+        out.append(("" if text.startswith("# @package _global_") else path.parent.name, parse_yaml(text)))
     return out
 
 

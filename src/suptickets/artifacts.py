@@ -66,12 +66,12 @@ def read_json(path: str | os.PathLike):
         raise BadInputFile(f"{path}: invalid JSON ({err})") from None
 
 
-def read_yaml(path: str | os.PathLike):
-    """A YAML file of the project's own (params/, dvc.yaml, dvc.lock) as plain data, parsed by libyaml
-    where PyYAML has it (the same data as PyYAML's own parser, ~10x faster on these files)."""
+def parse_yaml(text: str):
+    """The text of a YAML file of the project's own (params/, dvc.yaml, dvc.lock) as plain data, parsed
+    by libyaml where PyYAML has it (the same data as PyYAML's own parser, ~10x faster on these files)."""
     import yaml
 
-    return yaml.load(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],

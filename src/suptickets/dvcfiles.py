@@ -17,7 +17,7 @@ import functools
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .artifacts import file_md5, read_yaml
+from .artifacts import file_md5, parse_yaml
 from .config import get
 from .errors import ConfigError
 
@@ -27,13 +27,13 @@ CODE = ("src/", "stages/")
 
 def stages(project: Path = Path(".")) -> dict:
     """The `stages` mapping of `project`'s dvc.yaml, in its order."""
-    return read_yaml(Path(project) / DVC_YAML)["stages"]
+    return parse_yaml((Path(project) / DVC_YAML).read_text())["stages"]
 
 
 def lock(project: Path = Path("."), name: str = DVC_LOCK) -> dict:
     """`project`'s dvc.lock (or another file of its format, `name`) as a mapping; {} when there is none."""
     path = Path(project) / name
-    return (read_yaml(path) or {}) if path.is_file() else {}
+    return (parse_yaml(path.read_text()) or {}) if path.is_file() else {}
 
 
 # ----------------------------------------------------------------------------------------------
