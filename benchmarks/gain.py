@@ -254,7 +254,7 @@ def main() -> int:
             "budget) and sparse_baseline once per seed and setting it reads, for all cells. The default, 5 seeds x "
             "2 densities = 10 runs, takes about 25 minutes with --jobs 2 -S threads=1; docs/results.md's 8-cell study "
             "(2 x 2 x 2 factors, 5 seeds, budgets 30 and 100 epochs): about 3 minutes per 30-epoch run and 10 per 100-epoch run, two at a time; "
-            "-S experiment=smoke makes each run well under a minute. Run it in the project (it queues DVC "
+            "-S experiment=smoke makes each run about a minute. Run it in the project (it queues DVC "
             "experiments there); --list and --collect-only run nothing."))
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 per cell (default 5; 3 with --grid)")
     ap.add_argument("--densities", type=float, nargs="+", default=None,

@@ -3,7 +3,7 @@
 
 The copy holds the files `git ls-files --cached --others --exclude-standard` lists (no outputs, no
 DVC cache, no run cache), committed in a fresh git repo; params.yaml is then composed from params/
-with `experiment=<preset>` (default `smoke`, the whole DAG in well under a minute on 2 cores;
+with `experiment=<preset>` (default `smoke`, the whole DAG in about a minute on 2 cores;
 `--experiment fashion_mnist` measures the default run, several minutes). Subprocesses get PATH with
 this project's .venv/bin first, PYTHONPATH=<copy>/src, WANDB_MODE=disabled, DVC_NO_ANALYTICS=1.
 The clean run happens once (it is the expensive part); the no-op repro and `dvc status` are repeated

@@ -49,7 +49,7 @@ def test_hydra_run_dir_dot_writes_into_the_project_itself(project):
 
 
 def test_a_chain_run_by_hand_works_in_one_run_folder(project):
-    proc = run_stage(project, "chain", "train.epochs=3", "+chain=[warmup,tickets]")
+    proc = run_stage(project, "chain", "train.epochs=4", "+chain=[warmup,tickets]")
     assert proc.returncode == 0, proc.stderr
     (folder,) = run_folders(project)
     assert folder.name.endswith("-chain")

@@ -166,7 +166,7 @@ def test_the_dag_runs_on_an_image_folder_under_two_processes(tmp_path, tree):
                  "data.workers=0", "data.folder.image_size=24", "data.folder.resize_size=28",
                  "train.batch_size=8", "train.eval_batch_size=16", "train.lr_warmup_epochs=1",
                  "train.label_smoothing=0.1", "train.weight_decay_bn=false", "threads=1",
-                 "train.epochs=4", "tickets.cycle_rate=0.25",  # 3 epochs of warmup, 1 ticket
+                 "train.epochs=4", "tickets.cycle_rate=0.25", "tickets.cycle_epochs=1",  # 3 epochs of warmup, 1 ticket
                  "launcher.nproc_per_node=2", "launcher.check_sync=true"]
     args = [a for o in overrides for a in ("-S", o)]
     proc = run(repo, "dvc", "exp", "run", *args, timeout=1200, wandb=WANDB_AS_CONFIGURED)

@@ -248,9 +248,9 @@ def test_a_superposed_model_without_the_masks_of_t0_is_one_line_exit_2(small_pro
 def test_the_smoke_runs_curves_end_at_the_evaluated_accuracies(smoke_repo):
     got = json.loads((smoke_repo / "metrics/landscape.json").read_text())
     evaluated = json.loads((smoke_repo / "metrics/evaluate.json").read_text())
-    tickets = ["ticket_01", "ticket_02"]  # the smoke preset: 2 tickets
+    tickets = [f"ticket_{k:02d}" for k in range(1, 5)]  # the smoke preset: 4 tickets
     names = [landscape.line_name(a, b) for a, b in landscape.line_pairs(tickets)]
-    assert set(got["lines"]) == set(names) and len(names) == 5
+    assert set(got["lines"]) == set(names) and len(names) == 9
     assert set(got["endpoints"]) == {"warmup", *tickets, "superposed"}
     for name in names:
         line = got["lines"][name]

@@ -26,28 +26,29 @@ def test_every_stage_ran_and_wrote_its_outputs(smoke_repo):
         assert f"Running stage '{stage}'" in log
     for path in ["data/prepared/train.safetensors", "data/prepared/summary.json", "models/dense.safetensors",
                  "models/sparse_baseline.safetensors", "models/warmup.safetensors",
-                 "models/tickets/ticket_01.safetensors", "models/tickets/ticket_02.safetensors",
+                 *(f"models/tickets/ticket_{k:02d}.safetensors" for k in range(1, 5)),
                  "models/superposed.safetensors", "plots/dense.csv", "plots/tickets.csv"]:
         assert (smoke_repo / path).is_file(), path
-    assert not (smoke_repo / "models/tickets/ticket_03.safetensors").exists()
+    assert not (smoke_repo / "models/tickets/ticket_05.safetensors").exists()
 
 
 def test_evaluate_metrics_have_the_contract_keys(smoke_repo):
     m = json.loads((smoke_repo / "metrics/evaluate.json").read_text())
     assert m["target_density"] == 0.1
-    expected = {"dense", "sparse_baseline", "warmup", "ticket_01", "ticket_02", "superposed", "ticket_ensemble"}
+    tickets = [f"ticket_{k:02d}" for k in range(1, 5)]  # the smoke preset: 4 tickets
+    expected = {"dense", "sparse_baseline", "warmup", *tickets, "superposed", "ticket_ensemble"}
     assert set(m["test_acc"]) == expected
     assert all(0.5 < v <= 1 for v in m["test_acc"].values())  # 10 classes: chance is 0.1
     assert set(m["density"]) == expected - {"dense", "ticket_ensemble"}
     assert set(m["gain"]) == {"vs_sparse_baseline", "vs_best_ticket"}
-    best = max(m["test_acc"]["ticket_01"], m["test_acc"]["ticket_02"])
+    best = max(m["test_acc"][t] for t in tickets)
     assert m["gain"]["vs_best_ticket"] == pytest.approx(m["test_acc"]["superposed"] - best)
 
 
 def test_sparse_models_hold_the_budget_within_one_weight_per_layer(smoke_repo):
     from suptickets.sparsity.masks import layer_counts
 
-    for name in ["sparse_baseline", "warmup", "tickets/ticket_01", "tickets/ticket_02", "superposed"]:
+    for name in ["sparse_baseline", "warmup", *(f"tickets/ticket_{k:02d}" for k in range(1, 5)), "superposed"]:
         state, masks = state_from_file(load_tensors(smoke_repo / f"models/{name}.safetensors"))
         assert len(masks) == 3 and all(k.endswith(".weight") for k in masks), name  # 3 Linear layers
         counts = layer_counts([tuple(m.shape) for m in masks.values()], 0.1, "erk")

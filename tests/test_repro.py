@@ -1,7 +1,7 @@
 """The user-facing reproducibility check (`make check-repro`, scripts/check_repro.py) on this project:
 its comparison of two finished runs, given the suite's own pair of independent runs of one config
-(`resume_pair`: one uninterrupted, one killed twice and resumed, each in a fresh copy), instead of
-making two runs of its own."""
+(`resume_pair`: the shared smoke run, and the same config killed twice and resumed in a fresh
+copy), instead of making two runs of its own."""
 
 import subprocess
 import sys

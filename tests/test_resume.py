@@ -1,6 +1,6 @@
 """Resume after interruption: SIGKILL the smoke DAG in the middle of warmup and again in the middle
-of tickets, rerun `dvc repro`, and get every output bit-identical to an uninterrupted run (both made
-by the `resume_pair` fixture of tests/conftest.py)."""
+of tickets, rerun `dvc repro`, and get every output bit-identical to an uninterrupted run (the
+`resume_pair` fixture of tests/conftest.py: the shared smoke run is the uninterrupted one)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ print("LOADED=" + json.dumps(sorted({{name.split(".")[0] for name in sys.modules
 
 def test_the_training_stages_import_no_tracking_dvc_or_table_packages(small_project):
     proc = subprocess.run([sys.executable, "-c", RUN_AND_LIST.format(stages=str(ROOT / "stages")),
-                           str(ROOT / "stages" / "chain.py"), *SMALL, "train.epochs=3", "tracking.wandb.mode=disabled",
+                           str(ROOT / "stages" / "chain.py"), *SMALL, "train.epochs=4", "tracking.wandb.mode=disabled",
                            "+chain=[dense,sparse_baseline,warmup,tickets]", "hydra.run.dir=."],
                           cwd=small_project, capture_output=True, text=True, timeout=300,
                           env={k: v for k, v in STAGE_ENV.items() if k != "WANDB_MODE"})

@@ -94,7 +94,7 @@ def test_a_queued_experiments_wandb_runs_are_grouped_named_and_point_at_its_mode
     assert named["smoke seed=1 · tickets"][1] == "tickets"
     references = [entry.ref for r in runs for rec in read_wandb_records(next(r.glob("*.wandb")))
                   if rec.HasField("artifact") and rec.artifact.type == "model" for entry in rec.artifact.manifest.contents]
-    assert len(references) == 6  # dense, sparse_baseline, warmup, 2 tickets, superposed
+    assert len(references) == 8  # dense, sparse_baseline, warmup, 4 tickets, superposed
     remote = run(repo, "dvc", "remote", "list").stdout.split()[1]  # the default remote's folder
     for r in runs:
         for rec in read_wandb_records(next(r.glob("*.wandb"))):
