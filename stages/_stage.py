@@ -240,6 +240,7 @@ class RunState(threading.local):
     each lane of `chain.py +lanes` (suptickets.lanes) is a thread with a run folder of its own."""
 
     run_dir_given: bool = False
+    hydra_made: tuple[Path, ...] = ()  # the folders of hydra.run.dir that Hydra makes for this run
     entered: RunFolder | None = None
 
 
@@ -275,7 +276,7 @@ def enter_run_folder(folder: Path, inputs: list[str], dcfg: DictConfig, override
     for a multirun job), and move into it."""
     from suptickets.sweep import link_inputs  # only runs outside DVC need it
 
-    made = [p for p in reversed([folder, *folder.parents]) if not p.exists()]
+    made = [p for p in reversed([folder, *folder.parents]) if not p.exists() or p.resolve() in RUN.hydra_made]
     folder.mkdir(parents=True, exist_ok=True)
     RUN.entered = RunFolder(folder.resolve(), Path.cwd().resolve(), [p.resolve() for p in made])
     missing = link_inputs(Path.cwd(), folder, inputs)
@@ -298,8 +299,9 @@ def leave_run_folder(failed: bool) -> str:
         return ""
     kept = [p for p in entered.folder.rglob("*") if p.is_file() and not p.is_symlink()
             and p.relative_to(entered.folder).parts[0] not in (".hydra", "wandb")]
-    if kept:
-        return f" (the run folder {entered.folder} keeps what was written; add hydra.run.dir={entered.folder} to go on)"
+    if kept:  # a folder the command line named needs no hint
+        return "" if RUN.run_dir_given else \
+            f" (the run folder {entered.folder} keeps what was written; add hydra.run.dir={entered.folder} to go on)"
     os.chdir(entered.project)
     shutil.rmtree(entered.made[0], ignore_errors=True)
     return ""
@@ -322,9 +324,13 @@ def launch(main: Callable[[], None], extra_keys: tuple[str, ...] = ()) -> None:
     config)."""
     problems = unknown_overrides(sys.argv[1:], extra_keys)
     if problems:
-        _fail(Path(sys.argv[0]).stem, ConfigError("\n".join(problems)))
+        refuse(Path(sys.argv[0]).stem, ConfigError("\n".join(problems)))
     given = " ".join(sys.argv[1:])
     RUN.run_dir_given = "hydra.run.dir=" in given
+    run_dir = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("hydra.run.dir=")), "${")
+    if "${" not in run_dir:  # Hydra makes this folder before the stage starts: a refused run removes it
+        target = Path(run_dir).resolve()
+        RUN.hydra_made = tuple(p for p in reversed([target, *target.parents]) if not p.exists())
     sys.argv[0] = str(Path(sys.argv[0]).resolve())  # the same script after moving into a run folder
     multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])  # keep each sweep job's .hydra/ record
     sys.argv += [a for a in HYDRA_DEFAULTS if a.split("=")[0] not in given
@@ -357,7 +363,7 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
     try:
         validate(cfg, stage_keys(name), known_keys(config_options()))
     except ConfigError as err:
-        _fail(name, err)
+        refuse(name, err)
     folder = run_folder(name)
     if folder is not None:  # by hand: never over DVC's outputs
         enter_run_folder(folder, dvcfiles.chain_inputs(dvc_stages(), [name]), dcfg)
@@ -392,12 +398,13 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
         this.discard_live()
         run.finish(exit_code=2)
         hint = leave_run_folder(failed=True)
-        _fail(name, SupticketsError(f"{str(err).rstrip()}{hint}"))
+        refuse(name, SupticketsError(f"{str(err).rstrip()}{hint}"))
     except KeyboardInterrupt:
         this.discard_live()
         run.finish(exit_code=130)
         entered = RUN.entered
-        how = f"rerun it with hydra.run.dir={entered.folder}" if entered and entered.made else "rerun the stage"
+        how = f"rerun it with hydra.run.dir={entered.folder}" if entered and entered.made and not RUN.run_dir_given \
+            else "rerun the stage"
         print(f"error: {lane_prefix()}{name}: interrupted; {how} to resume from its last finished epoch", file=sys.stderr)
         sys.exit(130)
     except BaseException:
@@ -415,7 +422,11 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
         dist.destroy_process_group()
 
 
-def _fail(name: str, err: Exception) -> None:
+def refuse(name: str, err: Exception | str) -> None:
+    """The project's own error: one line (each line of its message) naming the stage, exit 2."""
+    made = [p for p in RUN.hydra_made if p.is_dir()]
+    if RUN.entered is None and made and not any(f.is_file() for f in made[0].rglob("*")):
+        shutil.rmtree(made[0])  # refused before it entered its run folder: the folder Hydra made goes too
     lines = str(err).strip().splitlines() or [type(err).__name__]
     for line in lines:  # a message that already names the stage (TrainingDiverged does) is not named twice
         print(f"error: {lane_prefix()}{name}: {line.removeprefix(f'{name}: ')}", file=sys.stderr)

@@ -38,7 +38,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), str(HERE.parent / "src"),
                                             *filter(None, [os.environ.get("PYTHONPATH")])])
 
 import hydra  # noqa: E402
-from _stage import (TRAINING_STAGES, config_options, dvc_stages, enter_run_folder, launch, run_folder,  # noqa: E402
+from _stage import (TRAINING_STAGES, config_options, dvc_stages, enter_run_folder, launch, refuse, run_folder,  # noqa: E402
                     stage, stage_keys, unknown_overrides)
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, ListConfig, OmegaConf  # noqa: E402
@@ -65,8 +65,7 @@ def required(stages: dict, chain: list[str], needed: list[str]) -> list[str]:
 
 
 def fail(message: str) -> None:
-    print(f"error: chain: {message}", file=sys.stderr)
-    sys.exit(2)
+    refuse("chain", message)
 
 
 LANES_FORM = "a list of quoted strings, one per lane, e.g. '+lanes=[\"seed=1\",\"seed=2 dst.density=0.02\"]'"

@@ -70,6 +70,19 @@ def test_prepared_data_made_for_other_data_settings_are_refused(project, overrid
     assert tree(project) == before and run_folders(project) == []  # the run folder is gone again
 
 
+def test_a_refused_run_removes_the_hydra_run_dir_that_hydra_made_for_it(tmp_path):
+    """Hydra makes `hydra.run.dir` before the stage starts; a refusal (a setting, before the run folder
+    is entered; an input, after) removes the folders it made, and keeps a folder that was there."""
+    (tmp_path / "kept").mkdir()
+    for stage, args in [("dense", ["train.lr=-1", "hydra.run.dir=a/b"]),  # refused setting
+                        ("dense", ["hydra.run.dir=c/d"]),  # no data/prepared here
+                        ("chain", ["+chain=[dense]", "hydra.run.dir=e/f"]),
+                        ("dense", ["train.lr=-1", "hydra.run.dir=kept"])]:
+        proc = run_stage(tmp_path, stage, *args)
+        assert proc.returncode == 2 and len(error_lines(proc)) == 1, proc.stderr
+    assert [p.name for p in tmp_path.rglob("*")] == ["kept"]
+
+
 def test_prepared_data_that_record_no_settings_are_refused(project):
     path = project / "data/prepared/summary.json"
     summary = json.loads(path.read_text())

@@ -90,4 +90,4 @@ def test_a_chain_in_its_own_folder_refuses_missing_inputs_but_a_dense_model_eval
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr
     assert "data/prepared, models/warmup.safetensors, models/tickets, models/sparse_baseline.safetensors: missing" \
         in errors[0] and "models/dense" not in errors[0], errors
-    assert not any((repo / "job").iterdir())  # Hydra makes the run folder it is given; nothing is written there
+    assert not (repo / "job").exists()  # refused: not even the run folder Hydra made for it is left
