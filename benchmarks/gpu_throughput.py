@@ -53,8 +53,9 @@ SHAPES = {"fashion_mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "cif
 VARIANTS = ("dense", "masked")
 
 
-def compose(experiment: str, sets: list[str]) -> dict:
-    """The preset's configuration as the stages compose it (Hydra, params/), with `sets` on top."""
+def compose(experiment: str, sets: list[str], under: list[str] = ()) -> dict:
+    """The preset's configuration as the stages compose it (Hydra, params/), with `under` (the dry
+    run's sizes) and the user's `sets` on top; a refusal names the user's."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -64,7 +65,7 @@ def compose(experiment: str, sets: list[str]) -> dict:
     if experiment not in known:
         raise SystemExit(f"gpu_throughput.py: --experiment {experiment!r} is not a preset; one of {known}")
     try:
-        cfg = composition.compose(PARAMS, [f"experiment={experiment}", *sets])
+        cfg = composition.compose(PARAMS, [f"experiment={experiment}", *under, *sets])
     except (HydraException, OmegaConfBaseException) as err:
         raise SystemExit(f"gpu_throughput.py: --set {' '.join(sets)}: {' '.join(str(err).split())}") from None
     if cfg["data"]["name"] not in SHAPES:
@@ -111,11 +112,11 @@ def main(argv=None) -> int:
         args.device, args.window_s, args.pairs, args.update_calls = "cpu", 0.05, 2, 1
         if args.experiment == ap.get_default("experiment"):
             args.experiment = ["fashion_mnist_resnet"]
-        args.set = ["train.batch_size=8", "train.eval_batch_size=8", "model.width=0.25", *args.set]
+    dry_sets = ["train.batch_size=8", "train.eval_batch_size=8", "model.width=0.25"] if args.dry_run else []
     if args.window_s <= 0 or args.pairs < 2 or args.update_calls < 1 or min(args.lanes) < 1:
         raise SystemExit(f"gpu_throughput.py: need --window-s > 0, --pairs >= 2, --update-calls >= 1, --lanes >= 1; "
                          f"got {args.window_s}, {args.pairs}, {args.update_calls}, {args.lanes}")
-    configs = {experiment: compose(experiment, args.set) for experiment in args.experiment}  # refused before torch loads
+    configs = {e: compose(e, args.set, dry_sets) for e in args.experiment}  # refused before torch loads
 
     import torch
 

@@ -260,6 +260,7 @@ def test_gpu_throughput_ratio_interval_by_hand():
     (["--pairs", "1"], "need --window-s > 0, --pairs >= 2, --update-calls >= 1, --lanes >= 1; got 2.0, 1, 5, [1]"),
     (["--lanes", "0"], "need --window-s > 0, --pairs >= 2, --update-calls >= 1, --lanes >= 1; got 2.0, 10, 5, [0]"),
     (["--set", "model.widht=2"], "--set model.widht=2: Could not override 'model.widht'. To append to your config use"),
+    (["--dry-run", "--set", "model.widht=2"], "gpu_throughput.py: --set model.widht=2: Could not override"),  # only the user's
 ])
 def test_gpu_throughput_refuses_bad_input_in_one_line(args, message):
     """A bad argument is refused in one line, before torch loads (-X importtime lists what was imported)."""
