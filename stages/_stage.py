@@ -327,8 +327,8 @@ def launch(main: Callable[[], None], extra_keys: tuple[str, ...] = ()) -> None:
         refuse(Path(sys.argv[0]).stem, ConfigError("\n".join(problems)))
     given = " ".join(sys.argv[1:])
     RUN.run_dir_given = "hydra.run.dir=" in given
-    run_dir = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("hydra.run.dir=")), "${")
-    if "${" not in run_dir:  # Hydra makes this folder before the stage starts: a refused run removes it
+    run_dir = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("hydra.run.dir=")), None)
+    if run_dir and "${" not in run_dir:  # Hydra makes this folder before the stage starts: a refused run removes it
         target = Path(run_dir).resolve()
         RUN.hydra_made = tuple(p for p in reversed([target, *target.parents]) if not p.exists())
     sys.argv[0] = str(Path(sys.argv[0]).resolve())  # the same script after moving into a run folder
