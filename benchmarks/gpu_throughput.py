@@ -53,7 +53,7 @@ SHAPES = {"fashion_mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "cif
 VARIANTS = ("dense", "masked")
 
 
-def compose(experiment: str, sets: list[str], under: list[str] = ()) -> dict:
+def compose(experiment: str, sets: list[str], under: tuple[str, ...] = ()) -> dict:
     """The preset's configuration as the stages compose it (Hydra, params/), with `under` (the dry
     run's sizes) and the user's `sets` on top; a refusal names the user's."""
     from hydra.errors import HydraException
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         args.device, args.window_s, args.pairs, args.update_calls = "cpu", 0.05, 2, 1
         if args.experiment == ap.get_default("experiment"):
             args.experiment = ["fashion_mnist_resnet"]
-    dry_sets = ["train.batch_size=8", "train.eval_batch_size=8", "model.width=0.25"] if args.dry_run else []
+    dry_sets = ("train.batch_size=8", "train.eval_batch_size=8", "model.width=0.25") if args.dry_run else ()
     if args.window_s <= 0 or args.pairs < 2 or args.update_calls < 1 or min(args.lanes) < 1:
         raise SystemExit(f"gpu_throughput.py: need --window-s > 0, --pairs >= 2, --update-calls >= 1, --lanes >= 1; "
                          f"got {args.window_s}, {args.pairs}, {args.update_calls}, {args.lanes}")

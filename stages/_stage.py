@@ -293,9 +293,15 @@ def enter_run_folder(folder: Path, inputs: list[str], dcfg: DictConfig, override
 def leave_run_folder(failed: bool) -> str:
     """After a failed run by hand: remove the folders enter_run_folder made when the run left nothing
     there but its linked inputs, its .hydra/ record and W&B's log; else keep them (outputs of earlier
-    stages of a chain, a resume checkpoint) and return a hint on going on from them (or "")."""
+    stages of a chain, a resume checkpoint) and return a hint on going on from them (or ""). A run
+    refused before it entered one removes the (empty) hydra.run.dir folders Hydra made for it."""
     entered = RUN.entered
-    if not failed or entered is None or not entered.made:
+    if failed and entered is None:
+        made = [p for p in RUN.hydra_made if p.is_dir()]
+        if made and not any(f.is_file() for f in made[0].rglob("*")):
+            shutil.rmtree(made[0])
+        return ""
+    if not failed or not entered.made:
         return ""
     kept = [p for p in entered.folder.rglob("*") if p.is_file() and not p.is_symlink()
             and p.relative_to(entered.folder).parts[0] not in (".hydra", "wandb")]
@@ -326,8 +332,8 @@ def launch(main: Callable[[], None], extra_keys: tuple[str, ...] = ()) -> None:
     if problems:
         refuse(Path(sys.argv[0]).stem, ConfigError("\n".join(problems)))
     given = " ".join(sys.argv[1:])
-    RUN.run_dir_given = "hydra.run.dir=" in given
-    run_dir = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("hydra.run.dir=")), None)
+    run_dir = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.lstrip("+").startswith("hydra.run.dir=")), None)
+    RUN.run_dir_given = run_dir is not None
     if run_dir and "${" not in run_dir:  # Hydra makes this folder before the stage starts: a refused run removes it
         target = Path(run_dir).resolve()
         RUN.hydra_made = tuple(p for p in reversed([target, *target.parents]) if not p.exists())
@@ -424,9 +430,8 @@ def stage(name: str, body: Callable[[Stage], None], dcfg: DictConfig) -> None:
 
 def refuse(name: str, err: Exception | str) -> None:
     """The project's own error: one line (each line of its message) naming the stage, exit 2."""
-    made = [p for p in RUN.hydra_made if p.is_dir()]
-    if RUN.entered is None and made and not any(f.is_file() for f in made[0].rglob("*")):
-        shutil.rmtree(made[0])  # refused before it entered its run folder: the folder Hydra made goes too
+    if RUN.entered is None:  # refused before it entered a run folder: what Hydra made for it goes
+        leave_run_folder(failed=True)
     lines = str(err).strip().splitlines() or [type(err).__name__]
     for line in lines:  # a message that already names the stage (TrainingDiverged does) is not named twice
         print(f"error: {lane_prefix()}{name}: {line.removeprefix(f'{name}: ')}", file=sys.stderr)
