@@ -75,10 +75,9 @@ def once(tmp_path_factory, name: str, build: Callable[[Path], object]):
 BUILT = ("smoke_repo", "queued_repo", "resume_pair")  # the shared runs, each built once (`once`)
 
 # The readers of a shared run that run stages of their own, longest first (their durations in a
-# `make test` on 2 cores: ~97, ~51, ~44 and ~19 s). They go first among the readers, so that the
-# suite does not end on one of them while the other workers sit idle.
+# `make test` on 2 cores: ~72, ~33 and ~12 s). They go first among the readers, so that the suite
+# does not end on one of them while the other workers sit idle.
 LONG_READERS = ("test_readme.py::test_the_readme_examples_run_as_written",
-                "test_pipeline.py::test_changing_a_superpose_param_reruns_only_superpose_and_what_reads_its_model",
                 "test_share.py::test_a_colleague_pulls_outputs_run_cache_and_experiments_and_trains_nothing",
                 "test_compare.py::test_compare_marks_a_stale_workspace_and_names_each_rows_preset_and_overrides")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
@@ -65,17 +64,6 @@ def test_second_repro_runs_nothing_and_status_is_clean(smoke_repo):
     proc = run(smoke_repo, "dvc", "repro")
     assert "Running stage" not in proc.stdout, proc.stdout
     assert run(smoke_repo, "dvc", "status", "-q", check=False).returncode == 0
-
-
-def test_changing_a_superpose_param_reruns_only_superpose_and_what_reads_its_model(smoke_copy):
-    proc = run(smoke_copy, "dvc", "exp", "run", "-S", "experiment=smoke", "-S", "superpose.method=cima",
-               "-S", "tracking.wandb.mode=disabled")
-    ran = re.findall(r"Running stage '(\w+)'", proc.stdout)
-    assert ran[0] == "superpose", proc.stdout
-    assert sorted(ran[1:]) == ["evaluate", "export", "landscape", "report"], proc.stdout
-    assert ran.index("report") > max(ran.index("evaluate"), ran.index("export")), proc.stdout
-    # the progress line estimates what is left from the smoke run's stage times
-    assert re.search(r"\[6/10\] superpose — about (\d+m)?\d+s left \(last run's times\)", proc.stderr + proc.stdout)
 
 
 def test_a_queued_experiment_runs_beside_the_existing_one(queued_repo):

@@ -50,9 +50,16 @@ def test_the_examples_are_found_and_every_one_left_out_says_why():
     assert all(re.search(r"\(not run by the tests[^:]*: \S", why) for _, why in left_out), left_out
 
 
-def granet_checks(repo: Path) -> None:
-    """GraNet pruned from density 0.5 to exactly 0.02 in the warmup's window; every sparse model holds
-    the budget within one weight per layer; the models learned."""
+def granet_checks(repo: Path, proc: subprocess.CompletedProcess) -> None:
+    """The run (`proc`, in a copy of the smoke run) reran only the stages that read the dst params
+    and what reads their outputs, and its progress lines estimated what was left from the smoke
+    run's stage times. GraNet pruned from density 0.5 to exactly 0.02 in the warmup's window; every
+    sparse model holds the budget within one weight per layer; the models learned."""
+    ran = re.findall(r"Running stage '(\w+)'", proc.stdout)
+    assert sorted(ran) == sorted(["sparse_baseline", "warmup", "tickets", "superpose", "export", "evaluate",
+                                  "report", "landscape"]), proc.stdout
+    assert ran.index("report") > max(ran.index("evaluate"), ran.index("export")), proc.stdout
+    assert re.search(r"\[6/10\] superpose — about (\d+m)?\d+s left \(last run's times\)", proc.stderr + proc.stdout)
     check_budget(repo, 0.02, may_empty=True)
     baseline = json.loads((repo / "metrics/sparse_baseline.json").read_text())
     assert baseline["flops_ratio"] > 0.05  # counted at the densities used: from 0.5 down to 0.02
@@ -80,7 +87,7 @@ def test_the_readme_examples_run_as_written(smoke_copy):
         proc = run(repo, "bash", "-c", command, check=False, timeout=900)
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         if "dst=granet" in command:  # GraNet end to end, at density 0.02
-            granet_checks(repo)
+            granet_checks(repo, proc)
         if command.startswith(".venv/bin/python stages/dense.py"):  # by hand: in a run folder of its own
             (made,) = list((repo / "outputs").glob("*/*-dense/models/dense.safetensors"))
             assert made.stat().st_size > 1000
