@@ -3,8 +3,8 @@ suite's few end-to-end runs, each made once and shared by every test that only r
 
 - `smoke_repo`: `dvc exp run -S experiment=smoke`, the whole smoke DAG (read it, never change it:
   `smoke_copy` gives a test its own copy, where DVC's run cache reruns only what a change affects);
-- `queued_repo`: a copy of it where the README's queue example adds one experiment (seed 1) beside
-  the existing one;
+- `queued_repo`: a copy of it where the README's queue example adds one experiment beside the
+  existing one: GraNet at density 0.02 (DVC reruns all but prepare and dense, the smoke run's);
 - `resume_pair`: the smoke run killed in warmup and in tickets then rerun, beside `smoke_repo` as
   the uninterrupted run of the same config (tests/test_resume.py; tests/test_repro.py compares the two).
 """
@@ -74,9 +74,9 @@ def once(tmp_path_factory, name: str, build: Callable[[Path], object]):
 
 BUILT = ("smoke_repo", "queued_repo", "resume_pair")  # the shared runs, each built once (`once`)
 
-# The readers of a shared run that run stages of their own, longest first (their durations in a
-# `make test` on 2 cores: ~72, ~33 and ~12 s). They go first among the readers, so that the suite
-# does not end on one of them while the other workers sit idle.
+# The readers of a shared run that run stages or DVC commands of their own, longest first. They go
+# first among the readers, so that the suite does not end on one of them while the other workers
+# sit idle.
 LONG_READERS = ("test_readme.py::test_the_readme_examples_run_as_written",
                 "test_share.py::test_a_colleague_pulls_outputs_run_cache_and_experiments_and_trains_nothing",
                 "test_compare.py::test_compare_marks_a_stale_workspace_and_names_each_rows_preset_and_overrides")
@@ -184,7 +184,14 @@ def make_resumed_run(base: Path) -> dict:
     return {"repo": str(repo), "log": proc.stdout + proc.stderr}
 
 
-README_QUEUE = ["dvc exp run --queue -S experiment=smoke -S seed=1", "dvc queue start -j 2 && dvc queue status"]
+README_QUEUE = ["dvc exp run --queue -S experiment=smoke -S dst=granet -S dst.density=0.02", "dvc queue start -j 2 && dvc queue status"]
+
+
+def queued_experiment(repo: Path) -> str:
+    """The name of the experiment the README's queue example ran in `queued_repo` (GraNet)."""
+    shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
+    return next(r["name"] for c in shown for e in (c.get("experiments") or []) for r in e["revs"]
+                if (r.get("data") or {}).get("params", {}).get("params.yaml", {}).get("data", {}).get("dst", {}).get("method") == "granet")
 
 
 def experiment_refs(repo: Path) -> str:
@@ -220,8 +227,8 @@ def wait_for_queue(repo: Path, timeout: float = 900, every: float = 30) -> None:
 @pytest.fixture(scope="session")
 def queued_repo(smoke_repo, tmp_path_factory) -> Path:
     """A copy of the smoke run where the README's queue example (tests/test_readme.py checks the
-    README holds it) queues one more experiment, seed 1, and the queue runs it beside the existing
-    one. The queue workers outlive `dvc queue start`, so its output goes to a file, not a pipe."""
+    README holds it) queues one more experiment, GraNet at density 0.02, and the queue runs it beside
+    the existing one. The queue workers outlive `dvc queue start`, so its output goes to a file, not a pipe."""
     def build(folder: Path) -> str:
         repo = copy_repo(smoke_repo, folder / "repo")
         run(repo, "bash", "-c", README_QUEUE[0], wandb=WANDB_AS_CONFIGURED)

@@ -1,6 +1,6 @@
 """The team's CI: the workflow file passes a linter for GitHub workflows (and the linter does reject
 a broken one), it runs the plain script any CI can call, and the script's report, made on two real
-commits of a smoke run (seed 0, then the queued experiment's seed 1 applied and committed), shows
+commits of a smoke run (RigL at 0.1, then the queued experiment, GraNet at 0.02, applied and committed), shows
 the param change and the metrics it moved."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, copy_repo, run
+from conftest import ROOT, copy_repo, queued_experiment, run
 
 WORKFLOW = ROOT / ".github/workflows/pipeline.yml"
 LINT = [str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows"]
@@ -41,20 +41,18 @@ def test_the_workflow_runs_the_plain_script_with_the_readme_setup():
 @pytest.mark.e2e
 def test_the_report_on_two_commits_shows_the_param_change_and_the_metrics(queued_repo, tmp_path):
     repo = copy_repo(queued_repo, tmp_path / "repo")
-    shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
-    seed1 = next(r["name"] for c in shown for e in (c.get("experiments") or []) for r in e["revs"]
-                 if (r.get("data") or {}).get("params", {}).get("params.yaml", {}).get("data", {}).get("seed") == 1)
+    granet = queued_experiment(repo)
     run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "smoke run, seed 0")
+    run(repo, "git", "commit", "-qm", "smoke run, RigL at 0.1")
     base = run(repo, "git", "rev-parse", "HEAD").stdout.strip()
-    run(repo, "dvc", "exp", "apply", seed1)
+    run(repo, "dvc", "exp", "apply", granet)
     run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "seed 1")
+    run(repo, "git", "commit", "-qm", "GraNet at 0.02")
 
     out = run(repo, "python", "scripts/ci_report.py", "--base", base).stdout
     sections = dict(re.findall(r"^## (\w+)\n\n(.*?)(?=^## |\Z)", out, flags=re.S | re.M))
     assert set(sections) == {"Params", "Metrics", "Experiments", "Figures"}, out
-    assert re.search(r"\| params\.yaml \| seed\s+\| 0\s+\| 1\s+\|", sections["Params"]), sections["Params"]
+    assert re.search(r"\| params\.yaml \| dst\.density\s+\| 0\.1\s+\| 0\.02\s+\|", sections["Params"]), sections["Params"]
     before = json.loads(run(repo, "git", "show", f"{base}:metrics/summary.json").stdout)
     after = json.loads((repo / "metrics/summary.json").read_text())
     row = re.search(r"\| metrics/summary\.json\s+\| test_acc_pct\.superposed\s+\|\s*(\S+)\s*\|\s*(\S+)\s*\|",

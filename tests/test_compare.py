@@ -74,12 +74,12 @@ def test_compare_shows_one_row_per_experiment_gains_in_points(queued_repo):
     assert header[:5] == ["experiment", "method", "density", "seed", "lr_max"]
     rows = {cells[0]: dict(zip(header, cells)) for cells in
             ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
-    by_seed = {row["seed"]: row for row in rows.values()}
-    assert set(by_seed) == {"0", "1"}, proc.stdout  # the smoke run's experiment and the queued one
-    mine = by_seed["0"]
-    figures = json.loads((repo / "metrics/summary.json").read_text())  # the applied experiment: seed 0
-    assert (mine["method"], mine["density"], mine["lr_max"]) == ("rigl", "0.1", "0.05")
-    assert (by_seed["1"]["method"], by_seed["1"]["density"]) == ("rigl", "0.1")
+    by_method = {row["method"]: row for row in rows.values()}
+    assert set(by_method) == {"rigl", "granet"}, proc.stdout  # the smoke run's experiment and the queued one
+    mine = by_method["rigl"]
+    figures = json.loads((repo / "metrics/summary.json").read_text())  # the applied experiment: the smoke run
+    assert (mine["density"], mine["seed"], mine["lr_max"]) == ("0.1", "0", "0.05")
+    assert (by_method["granet"]["density"], by_method["granet"]["seed"]) == ("0.02", "0")
     assert mine["superposed %"] == f"{figures['test_acc_pct']['superposed']:.2f}"
     assert mine["gain vs sparse_baseline (pts)"] == f"{figures['gain_pts']['vs_sparse_baseline']:+.2f}"
     for row in rows.values():

@@ -67,18 +67,18 @@ def test_second_repro_runs_nothing_and_status_is_clean(smoke_repo):
 
 
 def test_a_queued_experiment_runs_beside_the_existing_one(queued_repo):
-    """The README's queue example in a copy of the smoke run: seed 1 queued beside seed 0, run by a
-    queue worker in DVC's temporary copy (its W&B runs: test_tracking.py)."""
+    """The README's queue example in a copy of the smoke run: GraNet at 0.02 queued beside the smoke
+    run (RigL at 0.1), run by a queue worker in DVC's temporary copy (its W&B runs: test_tracking.py)."""
     repo = queued_repo
     shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
     exps = [e for commit in shown for e in (commit.get("experiments") or [])]
-    seeds = set()
+    methods = set()
     for e in exps:
         for rev in e.get("revs", []):
             data = rev.get("data") or {}
             params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
-            if "seed" in params and (data.get("metrics") or {}).get("metrics/evaluate.json"):
-                seeds.add(params["seed"])
-    assert seeds == {0, 1}, json.dumps(shown)[:2000]
+            if "dst" in params and (data.get("metrics") or {}).get("metrics/evaluate.json"):
+                methods.add((params["dst"]["method"], params["dst"]["density"]))
+    assert methods == {("rigl", 0.1), ("granet", 0.02)}, json.dumps(shown)[:2000]
     leftovers = list((repo / ".cache/suptickets/resume").glob("*")) if (repo / ".cache").exists() else []
     assert leftovers == [], "each experiment's checkpoints are its own and removed at the end"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def test_a_colleague_pulls_outputs_run_cache_and_experiments_and_trains_nothing(
     assert "scripts/share.py push" in make_recipe("push") and "scripts/share.py pull" in make_recipe("pull")
     assert "scripts/compare.py" in make_recipe("compare")
     storage, server = tmp_path / "dvc-storage", tmp_path / "origin.git"
-    mine = copy_repo(queued_repo, tmp_path / "mine")  # the one who trained: two experiments, seeds 0 and 1
+    mine = copy_repo(queued_repo, tmp_path / "mine")  # the one who trained: two experiments, RigL and GraNet
     run(mine, "dvc", "remote", "modify", "--local", "shared", "url", str(storage))
     run(tmp_path, "git", "init", "-q", "--bare", str(server))
     run(mine, "git", "remote", "add", "origin", str(server))
@@ -55,7 +56,7 @@ def test_a_colleague_pulls_outputs_run_cache_and_experiments_and_trains_nothing(
     run(theirs, "dvc", "remote", "modify", "--local", "shared", "url", str(storage))
     run(theirs, "dvc", "exp", "pull", "origin", "--all-commits")
     shared = compare_rows(mine)
-    assert {row[3] for row in shared} >= {"0", "1"}, shared
+    assert {row[1] for row in shared} >= {"rigl", "granet"}, shared
     assert compare_rows(theirs) == shared
 
     # the trainer commits the smoke run (seed 0) and pushes it with the run cache; the colleague pulls
@@ -72,7 +73,14 @@ def test_a_colleague_pulls_outputs_run_cache_and_experiments_and_trains_nothing(
     assert outputs(theirs) == outputs(mine)
     assert run(theirs, "git", "status", "--porcelain").stdout == ""
 
-    # a param set someone already ran (seed 1): every stage restored from the pulled run cache
-    rerun = run(theirs, "dvc", "exp", "run", "-S", "experiment=smoke", "-S", "seed=1")
+    # a param set someone already ran (GraNet at 0.02): every stage it does not share with the
+    # committed run restored from the pulled run cache; the two it shares (prepare, dense), their
+    # outputs deleted, restored from it by `dvc repro`
+    rerun = run(theirs, "dvc", "exp", "run", "-S", "experiment=smoke", "-S", "dst=granet", "-S", "dst.density=0.02")
     restored = re.findall(r"Stage '(\w+)' is cached - skipping run", rerun.stdout)
-    assert "Running stage" not in rerun.stdout and sorted(restored) == sorted(STAGES), rerun.stdout
+    assert "Running stage" not in rerun.stdout and sorted(restored) == sorted(STAGES[2:]), rerun.stdout
+    shutil.rmtree(theirs / "data/prepared")
+    (theirs / "models/dense.safetensors").unlink()
+    repro = run(theirs, "dvc", "repro")
+    restored = re.findall(r"Stage '(\w+)' is cached - skipping run", repro.stdout)
+    assert "Running stage" not in repro.stdout and restored == STAGES[:2], repro.stdout
