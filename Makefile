@@ -34,7 +34,7 @@ repro: setup
 	print('test accuracy: ' + ', '.join(f'{k} {v:.4f}' for k, v in m.items()))"
 
 test: setup
-	$(PY) -m pytest -q -n auto --durations=15
+	$(PY) -m pytest -q -n auto --maxschedchunk=1 --durations=15
 
 check-repro: setup
 	$(PY) scripts/check_repro.py

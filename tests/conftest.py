@@ -82,11 +82,20 @@ LONG_READERS = ("test_readme.py::test_the_readme_examples_run_as_written",
                 "test_compare.py::test_compare_marks_a_stale_workspace_and_names_each_rows_preset_and_overrides")
 
 
+# The longest end-to-end tests that read no shared run (~110 and ~70 s in a `make test` on 2 cores).
+LONG_E2E = ("test_imagefolder.py::test_the_dag_runs_on_an_image_folder_under_two_processes",
+            "test_gpu_check.py::test_dry_run_plans_and_reports_parity_throughput_and_gain")
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """The order `make test`'s workers take the tests in: the shared runs' builds first, each on a
-    worker of its own (a worker asking for a run that another is building waits idle under the
-    lock), then the end-to-end tests that need none of them, the other tests, and last the tests
-    that read a shared run, by then built (the longest of them first: LONG_READERS)."""
+    """The order `make test`'s workers take the tests in. pytest-xdist with `--maxschedchunk=1` gives
+    each worker two tests to start with and then one test at a time, keeping one waiting behind
+    the one running: first the queued run's build (which builds the smoke run) and the GPU check's
+    dry run on one worker, the image-folder DAG and then the resume pair's build on the other (its
+    run ends by asking for the smoke run, by then built: a worker asking for a run that another is
+    building waits idle under the lock); then the other end-to-end tests that need no shared run,
+    the other tests, and last the tests that read a shared run, by then built (the longest of them
+    first: LONG_READERS)."""
     def reads(item) -> bool:
         return any(f in item.fixturenames for f in BUILT)
 
@@ -99,9 +108,15 @@ def pytest_collection_modifyitems(config, items) -> None:
     e2e = [i for i in rest if i.get_closest_marker("e2e") and not reads(i)]
     others = [i for i in rest if not i.get_closest_marker("e2e") and not reads(i)]
     readers = [i for i in rest if reads(i)]
-    rank = {name: k for k, name in enumerate(LONG_READERS)}
-    readers.sort(key=lambda i: rank.get(i.nodeid.split("/")[-1], len(rank)))  # stable: the rest keep their order
-    items[:] = builders + e2e + others + readers
+
+    def longest_first(tests: list, names: tuple[str, ...]) -> list:  # stable: the rest keep their order
+        rank = {name: k for k, name in enumerate(names)}
+        return sorted(tests, key=lambda i: rank.get(i.nodeid.split("/")[-1], len(rank)))
+
+    e2e, readers = longest_first(e2e, LONG_E2E), longest_first(readers, LONG_READERS)
+    long = [i for i in e2e if i.nodeid.split("/")[-1] in LONG_E2E]  # image folder, GPU check
+    first = [i for i in (builders[:1] + long[1:2] + long[:1] + builders[1:]) if i is not None]
+    items[:] = first + [i for i in e2e if i not in first] + others + readers
 
 
 @pytest.fixture(scope="session")

@@ -66,15 +66,17 @@ def test_the_report_on_two_commits_shows_the_param_change_and_the_metrics(queued
     assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0 and "no-such-branch" in proc.stderr
 
 
-def test_the_long_readers_named_for_the_suites_order_are_tests_that_read_a_shared_run():
-    """conftest.LONG_READERS orders the suite (`make test`); a renamed test would silently drop out."""
+def test_the_long_tests_named_for_the_suites_order_exist_and_read_a_shared_run_or_none():
+    """conftest.LONG_READERS and LONG_E2E order the suite (`make test`); a renamed test would silently
+    drop out."""
     import importlib
     import inspect
 
-    from conftest import BUILT, LONG_READERS
+    from conftest import BUILT, LONG_E2E, LONG_READERS
 
-    for name in LONG_READERS:
+    for name in LONG_READERS + LONG_E2E:
         module, _, function = name.partition("::")
         test = getattr(importlib.import_module(module.removesuffix(".py")), function, None)
         assert test is not None, f"{name}: no such test"
-        assert set(inspect.signature(test).parameters) & {*BUILT, "smoke_copy"}, f"{name} reads no shared run"
+        shared = set(inspect.signature(test).parameters) & {*BUILT, "smoke_copy"}
+        assert shared if name in LONG_READERS else not shared, f"{name}: {sorted(shared)}"

@@ -127,6 +127,8 @@ def test_compare_marks_a_stale_workspace_and_names_each_rows_preset_and_override
     is marked, not passed off as a result of its params."""
     failed = run(smoke_copy, "dvc", "exp", "run", "-S", "experiment=smoke", "-S", "train.lr=1e30", check=False)
     assert failed.returncode != 0 and "training diverged" in failed.stderr + failed.stdout
+    # before it failed, its progress line estimated what was left from the smoke run's stage times
+    assert re.search(r"\[\d+/10\] \w+ — about (\d+m)?\d+s left \(last run's times\)", failed.stderr + failed.stdout)
     proc = run(smoke_copy, "python", str(ROOT / "scripts/compare.py"))
     lines = proc.stdout.strip().splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
