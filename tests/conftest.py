@@ -77,8 +77,8 @@ BUILT = ("smoke_repo", "queued_repo", "resume_pair")  # the shared runs, each bu
 # The readers of a shared run that run stages or DVC commands of their own, longest first. They go
 # first among the readers, so that the suite does not end on one of them while the other workers
 # sit idle.
-LONG_READERS = ("test_readme.py::test_the_readme_examples_run_as_written",
-                "test_share.py::test_a_colleague_pulls_outputs_run_cache_and_experiments_and_trains_nothing",
+LONG_READERS = ("test_share.py::test_a_colleague_pulls_outputs_run_cache_and_experiments_and_trains_nothing",
+                "test_readme.py::test_the_readme_examples_run_as_written",
                 "test_compare.py::test_compare_marks_a_stale_workspace_and_names_each_rows_preset_and_overrides")
 
 
@@ -115,7 +115,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 
     e2e, readers = longest_first(e2e, LONG_E2E), longest_first(readers, LONG_READERS)
     long = [i for i in e2e if i.nodeid.split("/")[-1] in LONG_E2E]  # image folder, GPU check
-    first = [i for i in (builders[:1] + long[1:2] + long[:1] + builders[1:]) if i is not None]
+    first = builders[:1] + long[1:2] + long[:1] + builders[1:]
     items[:] = first + [i for i in e2e if i not in first] + others + readers
 
 
