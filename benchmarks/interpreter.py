@@ -70,17 +70,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error(f"--repeats {args.repeats}: must be >= 1")
-    found = [sys.executable, *args.python] if args.python else \
-        [sys.executable, *filter(None, [shutil.which("python3.11"), "/usr/bin/python3.11"])]
-    pythons: dict[str, tuple[str, str, str]] = {}
-    for python in found:
+    mine = describe(sys.executable)
+    others = args.python or list(filter(None, [shutil.which("python3.11"), "/usr/bin/python3.11"]))
+    pythons: dict[str, tuple[str, str, str]] = {mine[0]: mine}
+    for python in others:
         info = describe(python)
         if info is None:
             if python in args.python:
                 sys.exit(f"--python {python}: not a Python 3.11 that runs")
             continue
         pythons.setdefault(info[0], info)
-    mine = describe(sys.executable)
     site = sysconfig.get_paths()["purelib"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([site, str(ROOT / "src")]))
     _common.busy_warning(1)

@@ -203,10 +203,12 @@ README_QUEUE = ["dvc exp run --queue -S experiment=smoke -S dst=granet -S dst.de
 
 
 def queued_experiment(repo: Path) -> str:
-    """The name of the experiment the README's queue example ran in `queued_repo` (GraNet)."""
+    """The name of the experiment the README's queue example ran in `queued_repo` (GraNet): its row
+    of `make compare`'s table (scripts/compare.py reads `dvc exp show --json`)."""
+    from compare import rows
+
     shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
-    return next(r["name"] for c in shown for e in (c.get("experiments") or []) for r in e["revs"]
-                if (r.get("data") or {}).get("params", {}).get("params.yaml", {}).get("data", {}).get("dst", {}).get("method") == "granet")
+    return next(row["experiment"] for row in rows(shown) if row["method"] == "granet")
 
 
 def experiment_refs(repo: Path) -> str:
