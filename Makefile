@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 FMNIST := /usr/share/datasets/fashion-mnist
 # The Python .venv is built on: the system's python3.11 where it has one with venv, else python3.
-# A distribution's build ran `make test` 1.15-1.2x as fast as a 3.11 compiled with default options (as
+# A distribution's build ran `make test` 1.15-1.23x as fast as a 3.11 compiled with default options (as
 # pyenv compiles it); benchmarks/interpreter.py compares the ones a machine has. `make setup
 # PYTHON=python3` picks another (for a .venv that exists: remove it first).
 PYTHON ?= $(shell /usr/bin/python3.11 -c "import ensurepip, venv" 2>/dev/null && echo /usr/bin/python3.11 || echo python3)
